@@ -1,0 +1,1 @@
+"""Prefect flows, each also a Hydra app: `python -m flows.<name> [overrides]`."""

@@ -1,0 +1,46 @@
+"""What every flow shares: config loading, cached tasks, and where a run's files go."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from prefect import Task
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = str(REPO / "conf")
+
+# `${repo:sample/x}` in conf/ is an absolute path inside the checkout, whatever the working directory.
+OmegaConf.register_new_resolver("repo", lambda rel="": str(REPO / rel), replace=True)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """A resolved plain-dict copy of a Hydra config, as Prefect flow parameters must be."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:
+    """Compose the Hydra config outside a Hydra app (tests, notebooks)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_dict(compose(config_name=config_name, overrides=overrides or []))
+
+
+def cached(task: Task, cfg: dict[str, Any]) -> Task:
+    """The task with its cache records kept under the data folder.
+
+    Deleting the data folder then also forgets what was cached; `refresh=true` recomputes.
+    """
+    store = Path(cfg["paths"]["data"]) / "prefect-cache"
+    return task.with_options(cache_policy=task.cache_policy.configure(key_storage=store),
+                             refresh_cache=cfg.get("refresh", False))
+
+
+def token_dir(cfg: dict[str, Any]) -> Path:
+    """Where the corpus flow writes the token shards and manifest."""
+    return Path(cfg["corpus"]["out_dir"]) / "tokens"
+
+
+def checkpoint_path(cfg: dict[str, Any]) -> str:
+    """The checkpoint to evaluate or sample: `checkpoint`, else the last one of `run_name`."""
+    return cfg.get("checkpoint") or str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")

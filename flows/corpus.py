@@ -1,0 +1,50 @@
+"""Corpus flow: Pushshift dumps -> URLs -> pages -> text -> English -> deduplicated -> token shards."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import CONF_DIR, cached, to_dict, token_dir
+from sample.web import serve_sample_web
+from tasks.dedup import dedup_task
+from tasks.extract import extract_task
+from tasks.fetch import fetch_task
+from tasks.language import language_task
+from tasks.report import funnel_markdown, merge_stats, write_report
+from tasks.tokenize import tokenize_task
+from tasks.urls import urls_task
+
+
+@flow(name="corpus", log_prints=True)
+def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts."""
+    c = cfg["corpus"]
+    work = Path(c["out_dir"]) / "stages"
+    with serve_sample_web() if c["serve_sample_web"] else nullcontext() as proxy:
+        urls = cached(urls_task, cfg)(c["dumps"], str(work / "urls.jsonl.zst"), c["urls"])
+        pages = cached(fetch_task, cfg)(urls["path"], str(work / "pages.warc.gz"), c["fetch"], proxy)
+    texts = cached(extract_task, cfg)(urls["path"], pages["path"], str(work / "extracted.jsonl.zst"), c["extract"])
+    english = cached(language_task, cfg)(texts["path"], str(work / "english.jsonl.zst"), c["language"])
+    unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"])
+    stats = merge_stats(urls, pages, texts, english, unique)
+    tokens = cached(tokenize_task, cfg)(unique["path"], str(token_dir(cfg)), c["tokenize"], stats)
+    stats = merge_stats(urls, pages, texts, english, unique, tokens)
+    report = write_report(stats, Path(c["out_dir"]))
+    create_markdown_artifact(funnel_markdown(stats), key="corpus-funnel", description="Corpus funnel")
+    print(funnel_markdown(stats))
+    return {"data_dir": tokens["path"], "stats": stats, "report": report}
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    corpus_flow(to_dict(cfg))
+
+
+if __name__ == "__main__":
+    main()

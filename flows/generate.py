@@ -1,0 +1,28 @@
+"""Generation flow: print the prompt and a sampled continuation from a checkpoint."""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from prefect import flow
+
+from flows.common import CONF_DIR, checkpoint_path, to_dict
+from tasks.generate import generate_task
+
+
+@flow(name="generate", log_prints=True)
+def generate_flow(cfg: dict[str, Any]) -> str:
+    """A continuation of `cfg.prompt` from `cfg.checkpoint` (default: the last of `run_name`)."""
+    text = generate_task(checkpoint_path(cfg), cfg)
+    print(text)
+    return text
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    generate_flow(to_dict(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The whole pipeline: corpus -> train -> evaluate -> sample, then a short summary."""
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from prefect import flow
+
+from flows.common import CONF_DIR, to_dict
+from flows.corpus import corpus_flow
+from flows.evaluate import evaluate_flow
+from flows.generate import generate_flow
+from flows.train import train_flow
+from tasks.report import funnel
+
+
+def summary(corpus: dict[str, Any], metrics: dict[str, float], text: str) -> str:
+    lines = ["", "=" * 72, "Corpus funnel:"]
+    lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"])]
+    lines += [f"Val perplexity: {metrics['val/perplexity']:.2f} (over {metrics['val/tokens']:,.0f} tokens)",
+              "Sample:", text, "=" * 72]
+    return "\n".join(lines)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build the corpus, train on it, evaluate the checkpoint and sample from it."""
+    corpus = corpus_flow(cfg)
+    trained = train_flow(cfg)
+    metrics = evaluate_flow(cfg)
+    text = generate_flow(cfg)
+    print(summary(corpus, metrics, text))
+    return {"corpus": corpus, "train": trained, "eval": metrics, "sample": text}
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    pipeline_flow(to_dict(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Training flow: fit GPT-2 on the corpus token shards (building the demo corpus first if it is missing)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from prefect import flow
+
+from flows.common import CONF_DIR, cached, checkpoint_path, to_dict, token_dir
+from flows.corpus import corpus_flow
+from tasks.train import train_task
+
+TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name")
+
+
+def corpus_dir(cfg: dict[str, Any]) -> str:
+    """The token shards for `cfg.corpus`, running the corpus flow when they do not exist yet."""
+    tokens = token_dir(cfg)
+    return str(tokens) if (tokens / "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
+
+
+@flow(name="train", log_prints=True)
+def train_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
+    settings = {k: cfg[k] for k in TRAIN_SETTINGS}
+    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(Path(checkpoint_path(cfg)).parent))
+    print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
+    return result
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train_flow(to_dict(cfg))
+
+
+if __name__ == "__main__":
+    main()

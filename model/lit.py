@@ -1,0 +1,69 @@
+"""The LightningModule: GPT-2 training with AdamW, warmup + cosine schedule, W&B-style metric names."""
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from model.gpt import GPT, GPTConfig, lm_loss
+
+
+def cosine_with_warmup(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup, then cosine decay to `min_lr_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTLightning(pl.LightningModule):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], max_steps: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(GPTConfig(**{f.name: model[f.name] for f in fields(GPTConfig) if f.name in model}))
+        self.optim = optim
+        self.max_steps = max_steps
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = lm_loss(self.model(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_losses: list[torch.Tensor] = []
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_losses.append(lm_loss(self.model(x), y).detach())
+
+    def on_validation_epoch_end(self) -> None:
+        # every window has the same length, so the mean of window means is the per-token mean
+        loss = torch.stack(self.val_losses).mean()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss))
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            # weight decay on matrices (linear weights, embeddings), never on biases or LayerNorms
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.optim["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=tuple(self.optim["betas"]),
+                                fused=torch.cuda.is_available())
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_with_warmup(
+            step, self.optim["warmup_steps"], self.max_steps, self.optim["min_lr_ratio"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def load_gpt(checkpoint: str, device: str = "cpu") -> GPT:
+    """The GPT inside a checkpoint written by this module's training."""
+    return GPTLightning.load_from_checkpoint(checkpoint, map_location=device).model.to(device)

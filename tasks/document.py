@@ -1,0 +1,52 @@
+"""The record every corpus stage passes along, and its jsonl.zst storage."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+
+@dataclass
+class Document:
+    """One web page on its way from a Reddit submission to token ids; each stage fills its own fields."""
+
+    id: str
+    url: str
+    title: str = ""
+    subreddit: str = ""
+    created_utc: int = 0
+    text: str = ""
+    lang: str = ""
+    lang_prob: float = 0.0
+    n_tokens: int = 0
+
+
+def url_id(url: str) -> str:
+    """Stable document id: the first 16 hex digits of the normalised URL's SHA-256."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def write_documents(path: Path, docs: Iterable[Document]) -> int:
+    """Write documents as zstd-compressed JSON lines, atomically; returns how many were written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    n = 0
+    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as zst:
+        for doc in docs:
+            zst.write(json.dumps(dataclasses.asdict(doc), ensure_ascii=False).encode() + b"\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    """Stream the documents of a jsonl.zst file written by `write_documents`."""
+    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst:
+        for line in io.TextIOWrapper(zst, encoding="utf-8"):
+            yield Document(**json.loads(line))

@@ -1,0 +1,101 @@
+"""Stage 3, extract: the article text of each fetched page (newspaper3k or trafilatura)."""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+# tldextract (used by newspaper3k) would otherwise download the public suffix list.
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+import charset_normalizer  # noqa: E402
+import newspaper  # noqa: E402
+import trafilatura  # noqa: E402
+from prefect import task  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from warcio.archiveiterator import ArchiveIterator  # noqa: E402
+
+from tasks.caching import FilesAndCode  # noqa: E402
+from tasks.document import Document, read_documents, write_documents  # noqa: E402
+
+CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
+CHARSET_IN_META = re.compile(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", re.I)
+PLACEHOLDER_URL = "http://localhost/"
+
+
+def _newspaper_config() -> newspaper.Config:
+    config = newspaper.Config()
+    config.fetch_images = False
+    config.memoize_articles = False
+    return config
+
+
+NEWSPAPER_CONFIG = _newspaper_config()
+
+
+def decode_html(body: bytes, content_type: str = "") -> str:
+    """Decode a page by the charset in its header, else its <meta>, else by detection."""
+    for match in (CHARSET_IN_HEADER.search(content_type), CHARSET_IN_META.search(body[:4096])):
+        if match:
+            charset = match.group(1)
+            charset = charset.decode("ascii", "replace") if isinstance(charset, bytes) else charset
+            try:
+                return body.decode(charset)
+            except (LookupError, UnicodeDecodeError):
+                continue
+    best = charset_normalizer.from_bytes(body).best()
+    return str(best) if best is not None else body.decode("utf-8", "replace")
+
+
+def extract(html: str, url: str | None = None, method: str = "newspaper") -> str:
+    """The main article text of a page, or '' when it has none."""
+    if not html.strip():
+        return ""
+    if method == "trafilatura":
+        return trafilatura.extract(html, url=url, include_comments=False, include_tables=False) or ""
+    if method != "newspaper":
+        raise ValueError(f"unknown extractor {method!r}: use 'newspaper' or 'trafilatura'")
+    article = newspaper.Article(url or PLACEHOLDER_URL, config=NEWSPAPER_CONFIG)
+    article.download(input_html=html)
+    article.parse()
+    return article.text.strip()
+
+
+def warc_pages(path: Path) -> Iterator[tuple[str, str]]:
+    """(url, decoded html) of each response record in a WARC file."""
+    with open(path, "rb") as fh:
+        for record in ArchiveIterator(fh):
+            if record.rec_type != "response":
+                continue
+            content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
+            body = record.content_stream().read()
+            yield record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
+
+
+def extract_documents(pages: Iterable[tuple[Document, str]], method: str, stats: Counter) -> Iterator[Document]:
+    """Fill in each document's text; pages without an article, or that break the extractor, are dropped."""
+    for doc, html in pages:
+        try:
+            doc.text = extract(html, doc.url, method)
+        except Exception as err:  # a broken page must not stop the run
+            stats[f"extract/error_{type(err).__name__}"] += 1
+            continue
+        if doc.text:
+            stats["extract/kept"] += 1
+            yield doc
+        else:
+            stats["extract/empty"] += 1
+
+
+@task(name="extract", cache_policy=FilesAndCode(files=("urls_path", "warc_path")))
+def extract_task(urls_path: str, warc_path: str, out: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Extract the article text of every page in `warc_path`; writes documents to `out`."""
+    stats: Counter = Counter()
+    by_url = {doc.url: doc for doc in read_documents(Path(urls_path))}
+    pages = ((by_url[url], html) for url, html in tqdm(warc_pages(Path(warc_path)), desc="extract", unit="page")
+             if url in by_url)
+    write_documents(Path(out), extract_documents(pages, cfg["method"], stats))
+    return {"path": out, "stats": dict(stats)}

@@ -1,0 +1,124 @@
+"""Stage 1, urls: Reddit submissions from Pushshift dumps -> unique, normalised article URLs."""
+from __future__ import annotations
+
+import bz2
+import html
+import io
+import json
+import logging
+import lzma
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import zstandard
+from prefect import task
+
+from tasks.caching import FilesAndCode
+from tasks.document import Document, url_id, write_documents
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def open_dump(path: Path) -> BinaryIO:
+    """Open a dump for streaming, whatever it is compressed with (.zst, .xz, .bz2 or plain NDJSON)."""
+    raw = open(path, "rb")
+    if path.suffix == ".zst":
+        # Pushshift's dumps are written with a 2 GiB window; the library's default refuses them.
+        return zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw, closefd=True)
+    if path.suffix == ".xz":
+        return lzma.open(raw)
+    if path.suffix == ".bz2":
+        return bz2.open(raw)
+    return raw
+
+
+def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[dict[str, Any]]:
+    """Yield each JSON record of the dumps; corrupt lines and truncated files are counted and skipped."""
+    for path in paths:
+        try:
+            with open_dump(path) as stream:
+                for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
+                    stats["urls/records_read"] += 1
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        stats["urls/corrupt_line"] += 1
+                        continue
+                    if isinstance(record, dict):
+                        yield record
+                    else:
+                        stats["urls/corrupt_line"] += 1
+        except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
+            stats["urls/truncated_file"] += 1
+            log.warning("dump %s ends early (%s); kept the records read before it", path, err)
+
+
+def normalise_url(url: str, tracking_params: Iterable[str]) -> str:
+    """Canonical form for exact dedup: lower-case scheme and host, no www., default port, fragment,
+    tracking parameters or trailing slash, and HTML entities left in the dumps decoded."""
+    parts = urlsplit(html.unescape(url.strip()))
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").removeprefix("www.")
+    if parts.port and parts.port != DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{parts.port}"
+    tracking = tuple(tracking_params)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if not k.lower().startswith(tracking)]
+    path = parts.path.rstrip("/")
+    return urlunsplit((scheme, host, path, urlencode(query), ""))
+
+
+def rejection(record: dict[str, Any], cfg: dict[str, Any]) -> str | None:
+    """Why a submission is not an article link, or None to keep it."""
+    url = record.get("url")
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return "no_url"
+    if record.get("is_self"):
+        return "self_post"
+    if record.get("over_18"):
+        return "nsfw"
+    if (record.get("score") or 0) < cfg["min_score"]:
+        return "low_score"
+    parts = urlsplit(html.unescape(url))
+    host = (parts.hostname or "").lower()
+    if any(host == d or host.endswith("." + d) for d in cfg["blocked_domains"]):
+        return "blocked_domain"
+    if PurePosixPath(parts.path).suffix.lower().lstrip(".") in cfg["blocked_extensions"]:
+        return "blocked_extension"
+    return None
+
+
+def select_urls(records: Iterable[dict[str, Any]], cfg: dict[str, Any], stats: Counter,
+                seen: set[str] | None = None) -> Iterator[Document]:
+    """Keep article submissions (score, NSFW, self-post and blacklist filters), once per normalised URL."""
+    seen = set() if seen is None else seen
+    for record in records:
+        reason = rejection(record, cfg)
+        if reason:
+            stats[f"urls/dropped_{reason}"] += 1
+            continue
+        key = normalise_url(record["url"], cfg["tracking_params"])
+        if key in seen:
+            stats["urls/dropped_duplicate"] += 1
+            continue
+        seen.add(key)
+        stats["urls/kept"] += 1
+        # fetched as posted (a site may not answer without its www.); the id is the normalised form's
+        url = urlsplit(html.unescape(record["url"].strip()))._replace(fragment="").geturl()
+        yield Document(id=url_id(key), url=url, title=str(record.get("title") or ""),
+                       subreddit=str(record.get("subreddit") or ""),
+                       created_utc=int(float(record.get("created_utc") or 0)))
+
+
+@task(name="urls", cache_policy=FilesAndCode(files=("dumps",)))
+def urls_task(dumps: list[str], out: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Read the dumps and write the kept URLs as documents to `out` (jsonl.zst)."""
+    stats: Counter = Counter()
+    records = read_submissions([Path(p) for p in dumps], stats)
+    write_documents(Path(out), select_urls(records, cfg, stats))
+    return {"path": out, "stats": dict(stats)}
