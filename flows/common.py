@@ -27,13 +27,12 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
 
 
 def cached(task: Task, cfg: dict[str, Any]) -> Task:
-    """The task with its cache records kept under the data folder.
+    """The task with its results, and so its cache, stored under the data folder.
 
     Deleting the data folder then also forgets what was cached; `refresh=true` recomputes.
     """
-    store = Path(cfg["paths"]["data"]) / "prefect-cache"
-    return task.with_options(cache_policy=task.cache_policy.configure(key_storage=store),
-                             refresh_cache=cfg.get("refresh", False))
+    return task.with_options(result_storage=Path(cfg["paths"]["data"]) / "prefect-results",
+                             refresh_cache=cfg["refresh"])
 
 
 def token_dir(cfg: dict[str, Any]) -> Path:

@@ -104,7 +104,8 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
             x = block(x)
-        return self.lm_head(self.ln_f(x))[..., : self.config.vocab_size]
+        logits = self.lm_head(self.ln_f(x))
+        return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
