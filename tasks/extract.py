@@ -64,6 +64,21 @@ def extract(html: str, url: str | None = None, method: str = "newspaper") -> str
     return article.text.strip()
 
 
+def shingle_scores(predicted: str, truth: str, n: int = 4) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the predicted text's word n-grams against the true article's
+    (the article-extraction-benchmark's metric; averaged over pages by the caller)."""
+    def grams(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"\w+", text.lower())
+        return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+    pred, gold = grams(predicted), grams(truth)
+    if not pred or not gold:
+        return (1.0, 1.0, 1.0) if pred == gold else (0.0, 0.0, 0.0)
+    overlap = len(pred & gold)
+    precision, recall = overlap / len(pred), overlap / len(gold)
+    return precision, recall, 2 * precision * recall / (precision + recall) if overlap else 0.0
+
+
 def warc_pages(path: Path) -> Iterator[tuple[str, str]]:
     """(url, decoded html) of each response record in a WARC file."""
     with open(path, "rb") as fh:

@@ -13,6 +13,7 @@ import requests
 from prefect import task
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -71,14 +72,21 @@ def fetch_page(session: requests.Session, url: str, cfg: dict[str, Any]) -> Fetc
                     return got
             got.body = bytes(body)
             return got
-    except requests.exceptions.Timeout:
-        return Fetched(url, "timeout")
-    except requests.exceptions.TooManyRedirects:
-        return Fetched(url, "redirect_loop")
-    except requests.exceptions.RetryError:
-        return Fetched(url, "retries_exhausted")
     except requests.exceptions.RequestException as err:
-        return Fetched(url, f"error_{type(err).__name__}")
+        return Fetched(url, failure(err))
+
+
+def failure(err: requests.exceptions.RequestException) -> str:
+    """A short outcome name for a request that got no usable response."""
+    # after the last retry, urllib3 wraps the cause in MaxRetryError
+    cause = getattr(err.args[0], "reason", None) if err.args else None
+    if isinstance(err, requests.exceptions.Timeout) or isinstance(cause, TimeoutError | ReadTimeoutError):
+        return "timeout"
+    if isinstance(err, requests.exceptions.TooManyRedirects):
+        return "redirect_loop"
+    if isinstance(err, requests.exceptions.RetryError):
+        return "retries_exhausted"
+    return f"error_{type(cause or err).__name__}"
 
 
 def fetch_pages(urls: Iterable[str], cfg: dict[str, Any], stats: Counter) -> Iterator[Fetched]:

@@ -24,12 +24,53 @@ log = logging.getLogger(__name__)
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+class ZstdReader(io.RawIOBase):
+    """Streams a (multi-frame) zstd file and raises EOFError when it ends mid-frame, which
+    zstandard's own stream_reader reports as a clean end."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw, self.pending = raw, b""
+        self.frame = self._new_frame()
+
+    @staticmethod
+    def _new_frame():
+        # Pushshift's dumps are written with a 2 GiB window; the library's default refuses them.
+        return zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if not self.frame.eof:
+                    raise EOFError("zstd stream ends in the middle of a frame")
+                return 0
+            self.pending = self._decompress(chunk)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n], self.pending = self.pending[:n], self.pending[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self.frame.eof:
+                self.frame = self._new_frame()
+            out.append(self.frame.decompress(data))
+            data = self.frame.unused_data if self.frame.eof else b""
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def open_dump(path: Path) -> BinaryIO:
     """Open a dump for streaming, whatever it is compressed with (.zst, .xz, .bz2 or plain NDJSON)."""
     raw = open(path, "rb")
     if path.suffix == ".zst":
-        # Pushshift's dumps are written with a 2 GiB window; the library's default refuses them.
-        return zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw, closefd=True)
+        return io.BufferedReader(ZstdReader(raw), buffer_size=1 << 20)
     if path.suffix == ".xz":
         return lzma.open(raw)
     if path.suffix == ".bz2":

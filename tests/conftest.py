@@ -1,0 +1,40 @@
+"""Shared fixtures. Settings here are applied before Prefect is imported anywhere."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_prefect_home = tempfile.mkdtemp(prefix="opengpt2-prefect-")
+os.environ.update(
+    PREFECT_HOME=_prefect_home,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_LOGGING_LEVEL="WARNING",
+    TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="",
+    WANDB_SILENT="true",
+    HF_HUB_OFFLINE="1",
+)
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path in ../shared, skipping the test with the reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data sits beside the checkout in CI and on dev machines only")
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    """Compose the Hydra config with every generated file under a temporary folder."""
+    from flows.common import load_config
+
+    def compose(*overrides: str) -> dict:
+        return load_config([f"paths.data={tmp_path}", *overrides])
+
+    return compose

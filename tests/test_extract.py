@@ -1,0 +1,62 @@
+import gzip
+import json
+
+import pytest
+
+from sample.web import WEB_ROOT
+from tasks.extract import decode_html, extract, shingle_scores
+from tests.conftest import shared_path
+
+SAMPLE_PAGE = WEB_ROOT / "www.harbourgazette.example" / "news" / "2019" / "recycling-00.html"
+BOILERPLATE = ["We use cookies", "Related stories", "All rights reserved", "Sign up", "Accept all"]
+
+
+@pytest.mark.parametrize("method", ["newspaper", "trafilatura"])
+def test_extracts_the_story_without_boilerplate(method):
+    html = SAMPLE_PAGE.read_text()
+    text = extract(html, "http://www.harbourgazette.example/news/2019/recycling-00", method)
+    first_paragraph = html.split("<p>")[1].split("</p>")[0]
+    assert first_paragraph in text
+    assert not any(phrase in text for phrase in BOILERPLATE)
+
+
+@pytest.mark.parametrize("html", ["", "   ", "<html><head><title>x</title></head><body><script>var x = 1;</script></body></html>"])
+@pytest.mark.parametrize("method", ["newspaper", "trafilatura"])
+def test_no_article_gives_empty_string(html, method):
+    assert extract(html, None, method) == ""
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown extractor"):
+        extract("<p>x</p>", None, "magic")
+
+
+@pytest.mark.parametrize("body, content_type, expected", [
+    ("Grüße aus Köln".encode("utf-8"), "text/html; charset=utf-8", "Grüße aus Köln"),
+    ("Grüße aus Köln".encode("latin-1"), "text/html; charset=iso-8859-1", "Grüße aus Köln"),
+    ('<meta charset="windows-1252"><p>naïve café</p>'.encode("cp1252"), "text/html",
+     '<meta charset="windows-1252"><p>naïve café</p>'),
+    # mislabelled: the header claims UTF-8 but the bytes are Latin-1; the meta tag is right
+    ('<meta charset="iso-8859-1"><p>déjà vu</p>'.encode("latin-1"), "text/html; charset=utf-8",
+     '<meta charset="iso-8859-1"><p>déjà vu</p>'),
+])
+def test_decode_html_finds_the_charset(body, content_type, expected):
+    assert decode_html(body, content_type) == expected
+
+
+def test_shingle_scores():
+    assert shingle_scores("a b c d e", "a b c d e") == (1.0, 1.0, 1.0)
+    p, r, f1 = shingle_scores("a b c d e", "a b c d e f g")  # 2 of 2 predicted grams right, 2 of 4 found
+    assert (p, r) == (1.0, 0.5) and f1 == pytest.approx(2 / 3)
+    assert shingle_scores("", "a b c d") == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("method, min_f1", [("newspaper", 0.93), ("trafilatura", 0.93)])
+def test_quality_on_real_news_pages(method, min_f1):
+    root = shared_path("data", "article-pages")
+    truth = json.loads((root / "ground-truth.json").read_text())
+    f1s = []
+    for page_id, item in truth.items():
+        html = gzip.decompress((root / "html" / f"{page_id}.html.gz").read_bytes()).decode("utf-8")
+        f1s.append(shingle_scores(extract(html, item["url"], method), item["articleBody"])[2])
+    assert sum(f1s) / len(f1s) >= min_f1

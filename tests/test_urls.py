@@ -1,0 +1,107 @@
+import bz2
+import json
+import lzma
+from collections import Counter
+
+import pytest
+import zstandard
+
+from flows.common import load_config
+from tasks.urls import normalise_url, read_submissions, rejection, select_urls
+from tests.conftest import shared_path
+
+CFG = load_config()["corpus"]["urls"]
+TRACKING = CFG["tracking_params"]
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("HTTP://WWW.Example.com:80/a/b/", "http://example.com/a/b"),
+    ("https://example.com:443/x?utm_source=reddit&amp;id=7#top", "https://example.com/x?id=7"),
+    ("https://example.com:8443/x?fbclid=abc", "https://example.com:8443/x"),
+    ("https://news.example.com/story?b=2&a=1", "https://news.example.com/story?b=2&a=1"),
+])
+def test_normalise_url_folds_spellings_of_one_page(raw, expected):
+    assert normalise_url(raw, TRACKING) == expected
+
+
+def record(**fields):
+    base = dict(url="https://news.example.com/story", score=10, over_18=False, is_self=False,
+                subreddit="news", created_utc=1546300800, title="A story")
+    return {**base, **fields}
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({}, None),
+    ({"score": 2}, "low_score"),
+    ({"over_18": True}, "nsfw"),
+    ({"is_self": True}, "self_post"),
+    ({"url": None}, "no_url"),
+    ({"url": "https://en.wikipedia.org/wiki/GPT-2"}, "blocked_domain"),
+    ({"url": "https://fr.m.wikipedia.org/wiki/Paris"}, "blocked_domain"),
+    ({"url": "https://i.imgur.com/x.png"}, "blocked_domain"),
+    ({"url": "https://www.youtube.com/watch?v=1"}, "blocked_domain"),
+    ({"url": "https://example.com/report.PDF"}, "blocked_extension"),
+    ({"url": "https://example.com/clip.mp4"}, "blocked_extension"),
+    ({"url": "https://example.com/site.css"}, "blocked_extension"),
+])
+def test_rejection(fields, reason):
+    assert rejection(record(**fields), CFG) == reason
+
+
+def test_select_urls_keeps_first_of_duplicate_urls():
+    stats = Counter()
+    records = [record(), record(url="https://www.news.example.com/story/?utm_campaign=x"), record(score=1)]
+    docs = list(select_urls(records, CFG, stats))
+    assert [d.url for d in docs] == ["https://news.example.com/story"]
+    assert stats["urls/dropped_duplicate"] == 1 and stats["urls/dropped_low_score"] == 1
+
+
+def write_dump(path, lines):
+    data = ("\n".join(lines) + "\n").encode()
+    if path.suffix == ".zst":
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    elif path.suffix == ".xz":
+        path.write_bytes(lzma.compress(data))
+    elif path.suffix == ".bz2":
+        path.write_bytes(bz2.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".xz", ".bz2", ".ndjson"])
+def test_every_dump_format_streams_and_skips_corrupt_lines(tmp_path, suffix):
+    path = tmp_path / f"RS_test{suffix}"
+    write_dump(path, [json.dumps(record(title="one")), '{"url": "https://cut', json.dumps(record(title="two"))])
+    stats = Counter()
+    assert [r["title"] for r in read_submissions([path], stats)] == ["one", "two"]
+    assert stats["urls/corrupt_line"] == 1 and stats["urls/records_read"] == 3
+
+
+def test_truncated_dump_keeps_what_came_before(tmp_path):
+    good, cut = tmp_path / "RS_a.zst", tmp_path / "RS_b.zst"
+    write_dump(good, [json.dumps(record(title=f"t{i}")) for i in range(3)])
+    write_dump(cut, [json.dumps(record(title=f"c{i}")) for i in range(2000)])
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    stats = Counter()
+    titles = [r["title"] for r in read_submissions([cut, good], stats)]
+    assert stats["urls/truncated_file"] == 1
+    assert titles[-3:] == ["t0", "t1", "t2"] and titles[0] == "c0"
+
+
+def test_multi_frame_zst_is_read_whole(tmp_path):
+    path = tmp_path / "RS_frames.zst"
+    frames = [zstandard.ZstdCompressor().compress(f"{json.dumps(record(title=t))}\n".encode()) for t in "abc"]
+    path.write_bytes(b"".join(frames))
+    assert [r["title"] for r in read_submissions([path], Counter())] == ["a", "b", "c"]
+
+
+def test_real_pushshift_dumps():
+    paths = [shared_path("data", "pushshift", f"RS_v2_2005-0{m}.xz") for m in (6, 7)]
+    stats = Counter()
+    records = list(read_submissions(paths, stats))
+    docs = list(select_urls(iter(records), CFG, stats))
+    assert stats["urls/corrupt_line"] == 0 and len(records) > 1000
+    kept = {r["url"] for r in records if rejection(r, CFG) is None}
+    assert 0 < len(docs) <= len(kept)
+    assert all("wikipedia.org" not in d.url and not d.url.endswith((".jpg", ".pdf")) for d in docs)
+    assert len({d.id for d in docs}) == len(docs)
