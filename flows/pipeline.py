@@ -16,6 +16,7 @@ from tasks.report import funnel
 
 
 def summary(corpus: dict[str, Any], metrics: dict[str, float], text: str) -> str:
+    """What a demo run shows at the end: the funnel, the val perplexity and the sample."""
     lines = ["", "=" * 72, "Corpus funnel:"]
     lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"])]
     lines += [f"Val perplexity: {metrics['val/perplexity']:.2f} (over {metrics['val/tokens']:,.0f} tokens)",
@@ -30,13 +31,13 @@ def pipeline_flow(cfg: dict[str, Any]) -> dict[str, Any]:
     trained = train_flow(cfg)
     metrics = evaluate_flow(cfg)
     text = generate_flow(cfg)
-    print(summary(corpus, metrics, text))
     return {"corpus": corpus, "train": trained, "eval": metrics, "sample": text}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    pipeline_flow(to_dict(cfg))
+    result = pipeline_flow(to_dict(cfg))
+    print(summary(result["corpus"], result["eval"], result["sample"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""The flows under a real (temporary) Prefect server, the W&B offline run read back, and the demo end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.corpus import corpus_flow
+from flows.evaluate import evaluate_flow
+from flows.generate import generate_flow
+from flows.train import train_flow
+from model.lit import load_gpt
+from tasks.report import funnel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The metrics rows of an offline W&B run, read back from its .wandb file by W&B's own reader."""
+    [log_file] = run_dir.glob("run-*.wandb")
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log_file)],
+                         capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+
+
+def task_states(flow_state) -> dict[str, str]:
+    """Task name -> final state name for one flow run, as the Prefect API reports them."""
+    flow_run_id = flow_state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo corpus built once by the corpus flow, and the config that built it."""
+    from flows.common import load_config
+
+    data = tmp_path_factory.mktemp("data")
+    cfg = load_config([f"paths.data={data}", "trainer.max_steps=40", "trainer.val_check_interval=20",
+                       "trainer.checkpoint_every_n_steps=20"])
+    state = corpus_flow(cfg, return_state=True)
+    return cfg, state
+
+
+def test_corpus_flow_funnel(demo):
+    cfg, state = demo
+    result = state.result()
+    counts = dict(funnel(result["stats"]))
+    # 77 dump lines -> 57 unique article URLs -> one 404 -> 4 foreign pages, 5 syndicated copies, 3 briefs
+    assert counts == {"records read": 77, "URLs kept": 57, "fetched": 56, "extracted": 56, "English": 52,
+                      "after dedup": 47, "≥ min tokens": 44, "tokens": counts["tokens"]}
+    assert counts["tokens"] > 10_000
+    assert all(Path(p).exists() for p in result["report"].values())
+
+
+def test_second_corpus_run_is_served_from_cache(demo):
+    cfg, first = demo
+    assert set(task_states(first).values()) <= {"Completed", "Cached"}
+    second = corpus_flow(cfg, return_state=True)
+    states = task_states(second)
+    assert set(states) == {"urls", "fetch", "extract", "language", "dedup", "tokenize"}
+    assert set(states.values()) == {"Cached"}
+    assert second.result()["stats"] == first.result()["stats"]
+
+
+def test_train_logs_to_wandb_offline_and_loss_falls(demo):
+    cfg, _ = demo
+    result = train_flow(cfg)
+    rows = wandb_history(Path(result["wandb_dir"]).parent)
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    perplexities = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
+    assert len(losses) >= 3 and losses[-1] < losses[0] - 1.0
+    assert len(perplexities) == 2 and perplexities[-1] < perplexities[0]
+    assert Path(result["checkpoint"]).exists()
+
+
+def test_evaluate_and_generate_read_the_checkpoint(demo):
+    cfg, _ = demo
+    metrics = evaluate_flow(cfg)
+    assert 1 < metrics["val/perplexity"] < 1000 and metrics["val/tokens"] > 1000
+    text = generate_flow({**cfg, "max_new_tokens": 20})
+    assert text.startswith(cfg["prompt"]) and len(text) > len(cfg["prompt"])
+    assert isinstance(load_gpt(str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")),
+                      torch.nn.Module)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """What `make demo` runs, with a shorter training, in a fresh process."""
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline", f"paths.data={tmp_path}", "trainer.max_steps=30",
+                           "trainer.val_check_interval=30"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Corpus funnel:" in out and "after dedup" in out
+    assert "Val perplexity:" in out
+    assert "Recycling is good for the world. NO! YOU COULD NOT BE MORE WRONG!!" in out
+    assert (tmp_path / "checkpoints" / "gpt2-tiny-demo" / "last.ckpt").exists()

@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig
+from model.evaluate import perplexity
+from model.lit import cosine_with_warmup
+from model.sample import generate, sample_text
+from tasks.tokenize import EOT
+
+TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture
+def gpt():
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def test_logits_cover_the_real_vocabulary_only(gpt):
+    logits = gpt(torch.randint(0, 50257, (2, 10)))
+    assert logits.shape == (2, 10, 50257)
+    assert gpt.lm_head.weight.shape[0] == 50304  # padded for speed, never scored
+
+
+def test_gpt2_init_and_tied_embeddings(gpt):
+    assert gpt.lm_head.weight is gpt.wte.weight
+    proj = torch.cat([b.attn.c_proj.weight.flatten() for b in gpt.h] + [b.mlp.c_proj.weight.flatten() for b in gpt.h])
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(2 * TINY.n_layer), rel=0.1)
+    assert gpt.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_attention_is_causal(gpt):
+    x = torch.randint(0, 50257, (1, 12))
+    y = x.clone()
+    y[0, 8:] = 7
+    assert torch.allclose(gpt(x)[0, :8], gpt(y)[0, :8], atol=1e-5)
+
+
+def test_context_longer_than_block_is_refused(gpt):
+    with pytest.raises(ValueError, match="longer than the context"):
+        gpt(torch.zeros(1, 65, dtype=torch.long))
+
+
+def reference_perplexity(model, ids, context, stride):
+    """HF's documented loop: labels of already-scored tokens are masked with -100."""
+    nlls, counts, prev_end = [], 0, 0
+    for begin in range(0, ids.numel(), stride):
+        end = min(begin + context, ids.numel())
+        trg_len = end - prev_end
+        window = ids[begin:end].unsqueeze(0)
+        labels = window.clone()
+        labels[:, :-trg_len] = -100
+        logits = model(window)
+        loss = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+        nlls.append(loss)
+        counts += (labels[0, 1:] != -100).sum().item()
+        prev_end = end
+        if end == ids.numel():
+            break
+    return math.exp(torch.stack(nlls).sum().item() / counts)
+
+
+@pytest.mark.parametrize("context, stride", [(64, 64), (64, 32), (64, 17), (32, 8)])
+def test_strided_perplexity_matches_hf_method(gpt, context, stride):
+    ids = torch.randint(0, 50257, (300,))
+    assert perplexity(gpt, ids, context, stride) == pytest.approx(reference_perplexity(gpt, ids, context, stride),
+                                                                 rel=1e-4)
+
+
+def test_perplexity_with_whole_sequence_in_context_is_plain_cross_entropy(gpt):
+    ids = torch.randint(0, 50257, (50,))
+    plain = math.exp(F.cross_entropy(gpt(ids[None])[0, :-1], ids[1:]).item())
+    assert perplexity(gpt, ids, context=64, stride=32) == pytest.approx(plain, rel=1e-5)
+
+
+def test_untrained_model_is_near_uniform(gpt):
+    assert perplexity(gpt, torch.randint(0, 50257, (200,)), 64, 32) == pytest.approx(50257, rel=0.1)
+
+
+def test_sampling_is_deterministic_for_a_seed(gpt):
+    a = sample_text(gpt, "Hello there", max_new_tokens=12, seed=3)
+    assert a == sample_text(gpt, "Hello there", max_new_tokens=12, seed=3)
+    assert a != sample_text(gpt, "Hello there", max_new_tokens=12, seed=4)
+    assert a.startswith("Hello there")
+
+
+class EndsAfterThree(torch.nn.Module):
+    """The GPT, except that <|endoftext|> becomes certain once the sequence has 5 tokens."""
+
+    def __init__(self, gpt):
+        super().__init__()
+        self.gpt, self.config = gpt, gpt.config
+
+    def forward(self, ids):
+        logits = self.gpt(ids)
+        if ids.shape[1] >= 5:
+            logits[..., EOT] += 1e4
+        return logits
+
+
+def test_generation_stops_at_end_of_text(gpt):
+    out = generate(EndsAfterThree(gpt), torch.tensor([[464, 3290]]), max_new_tokens=20, temperature=0.8, top_k=40)
+    assert out.shape[1] == 6 and out[0, -1].item() == EOT
+    assert sample_text(EndsAfterThree(gpt), "The dog", max_new_tokens=20).count("<|endoftext|>") == 0
+
+
+def test_top_k_one_is_greedy(gpt):
+    ids = torch.tensor([[464, 3290, 318]])
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(generate(gpt, ids, 8, temperature=1.0, top_k=1, generator=g), generate(gpt, ids, 8, temperature=0))
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    lrs = [cosine_with_warmup(s, 10, 100, 0.1) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
