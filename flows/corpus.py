@@ -27,8 +27,8 @@ def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
     c = cfg["corpus"]
     work = Path(c["out_dir"]) / "stages"
     with serve_sample_web() if c["serve_sample_web"] else nullcontext() as proxy:
-        urls = cached(urls_task, cfg)(c["dumps"], str(work / "urls.jsonl.zst"), c["urls"])
-        pages = cached(fetch_task, cfg)(urls["path"], str(work / "pages.warc.gz"), c["fetch"], proxy)
+        urls = cached(urls_task, cfg)(c["dumps"], str(work / "urls.jsonl.zst"), c["urls"], c["seen_urls_db"])
+        pages = cached(fetch_task, cfg)(urls["path"], str(work / "fetch"), c["fetch"], proxy)
     texts = cached(extract_task, cfg)(urls["path"], pages["path"], str(work / "extracted.jsonl.zst"), c["extract"])
     english = cached(language_task, cfg)(texts["path"], str(work / "english.jsonl.zst"), c["language"])
     unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"])

@@ -1,20 +1,26 @@
-"""Stage 2, fetch: download each kept URL politely and concurrently, storing HTML responses as WARC."""
+"""Stage 2, fetch: download each kept URL politely and concurrently, storing HTML responses as WARC.
+
+Every URL's outcome goes to a journal next to the WARC file, written after its record, so a run
+that is killed resumes where it stopped: finished URLs are skipped and a half-written record is cut off.
+"""
 from __future__ import annotations
 
+import asyncio
 import io
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+import ipaddress
+import json
+import socket
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import requests
+import httpx
+from httpx_retries import Retry, RetryTransport
 from prefect import task
-from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from urllib3.exceptions import ReadTimeoutError
-from urllib3.util.retry import Retry
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -38,64 +44,134 @@ class Fetched:
     body: bytes = b""
 
 
-def http_session(cfg: dict[str, Any]) -> requests.Session:
-    """A session that retries timeouts, connection errors, 429 and 5xx with backoff and Retry-After."""
-    retry = Retry(total=cfg["retries"], backoff_factor=cfg["backoff_s"], backoff_jitter=cfg["backoff_s"],
+class BlockedAddress(Exception):
+    """The URL's host resolves to a private, loopback, link-local or reserved address."""
+
+
+def address_guard(allowed: Iterable[str]):
+    """An httpx request hook that refuses non-public addresses, redirects included, unless allowlisted."""
+    allowed_nets = [ipaddress.ip_network(a) for a in allowed]
+
+    async def guard(request: httpx.Request) -> None:
+        host = request.url.host
+        infos = await asyncio.get_running_loop().getaddrinfo(host, request.url.port or 80, type=socket.SOCK_STREAM)
+        for *_, sockaddr in infos:
+            ip = ipaddress.ip_address(sockaddr[0])
+            if not ip.is_global and not any(ip in net for net in allowed_nets):
+                raise BlockedAddress(f"{host} resolves to non-public address {ip}")
+
+    return guard
+
+
+def http_client(cfg: dict[str, Any]) -> httpx.AsyncClient:
+    """An async client that retries timeouts, connection errors, 429 and 5xx with jittered
+    exponential backoff, honouring Retry-After; other 4xx are final."""
+    retry = Retry(total=cfg["retries"], backoff_factor=cfg["backoff_s"], backoff_jitter=1.0,
                   status_forcelist=[429, 500, 502, 503, 504], respect_retry_after_header=True,
-                  allowed_methods=["GET"], redirect=cfg["max_redirects"], raise_on_status=False)
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=cfg["concurrency"])
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = cfg["user_agent"]
-    if cfg.get("proxy"):
-        session.proxies = {"http": cfg["proxy"], "https": cfg["proxy"]}
-    return session
+                  max_backoff_wait=cfg["max_retry_wait_s"])
+    transport = RetryTransport(transport=httpx.AsyncHTTPTransport(proxy=cfg.get("proxy")), retry=retry)
+    hooks = {} if cfg.get("proxy") else {"request": [address_guard(cfg["allow_addresses"])]}
+    return httpx.AsyncClient(
+        transport=transport, follow_redirects=True, max_redirects=cfg["max_redirects"], event_hooks=hooks,
+        timeout=httpx.Timeout(cfg["read_timeout_s"], connect=cfg["connect_timeout_s"]),
+        headers={"User-Agent": cfg["user_agent"]},
+        limits=httpx.Limits(max_connections=cfg["concurrency"], max_keepalive_connections=cfg["concurrency"]))
 
 
-def fetch_page(session: requests.Session, url: str, cfg: dict[str, Any]) -> Fetched:
-    """GET one page, keeping it only if it is HTML and under the size cap."""
+async def fetch_page(client: httpx.AsyncClient, url: str, cfg: dict[str, Any]) -> Fetched:
+    """GET one page, keeping it only if it is HTML and, decoded, under the size cap."""
     try:
-        with session.get(url, timeout=(cfg["connect_timeout_s"], cfg["read_timeout_s"]), stream=True) as resp:
-            got = Fetched(url, "ok", resp.status_code, resp.reason or "", list(resp.headers.items()))
-            if resp.status_code != 200:
-                got.outcome = f"http_{resp.status_code}"
-                return got
-            if not resp.headers.get("content-type", "").lower().startswith(HTML_TYPES):
-                got.outcome = "not_html"
-                return got
-            body = bytearray()
-            for chunk in resp.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > cfg["max_bytes"]:
-                    got.outcome = "too_big"
+        async with asyncio.timeout(cfg["total_timeout_s"]):
+            async with client.stream("GET", url) as resp:
+                got = Fetched(url, "ok", resp.status_code, resp.reason_phrase, list(resp.headers.items()))
+                if resp.status_code != 200:
+                    got.outcome = f"http_{resp.status_code}"
                     return got
-            got.body = bytes(body)
-            return got
-    except requests.exceptions.RequestException as err:
-        return Fetched(url, failure(err))
+                if not resp.headers.get("content-type", "").lower().startswith(HTML_TYPES):
+                    got.outcome = "not_html"
+                    return got
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():  # decoded, so a gzip bomb trips the cap too
+                    body += chunk
+                    if len(body) > cfg["max_bytes"]:
+                        got.outcome = "too_big"
+                        return got
+                got.body = bytes(body)
+                return got
+    except (TimeoutError, httpx.TimeoutException):
+        return Fetched(url, "timeout")
+    except httpx.TooManyRedirects:
+        return Fetched(url, "redirect_loop")
+    except BlockedAddress:
+        return Fetched(url, "blocked_address")
+    except (httpx.HTTPError, OSError, ValueError) as err:
+        return Fetched(url, f"error_{type(err).__name__}")
 
 
-def failure(err: requests.exceptions.RequestException) -> str:
-    """A short outcome name for a request that got no usable response."""
-    # after the last retry, urllib3 wraps the cause in MaxRetryError
-    cause = getattr(err.args[0], "reason", None) if err.args else None
-    if isinstance(err, requests.exceptions.Timeout) or isinstance(cause, TimeoutError | ReadTimeoutError):
-        return "timeout"
-    if isinstance(err, requests.exceptions.TooManyRedirects):
-        return "redirect_loop"
-    if isinstance(err, requests.exceptions.RetryError):
-        return "retries_exhausted"
-    return f"error_{type(cause or err).__name__}"
+async def fetch_all(urls: list[str], cfg: dict[str, Any]):
+    """Yield each URL's `Fetched` as it completes, with at most `concurrency` requests in flight
+    and at most `per_host` to any one host."""
+    per_host = defaultdict(lambda: asyncio.Semaphore(cfg["per_host"]))
+    slots = asyncio.Semaphore(cfg["concurrency"])
+    async with http_client(cfg) as client:
+        async def one(url: str) -> Fetched:
+            async with slots, per_host[urlsplit(url).hostname]:
+                return await fetch_page(client, url, cfg)
+
+        for next_done in asyncio.as_completed([one(u) for u in urls]):
+            yield await next_done
 
 
-def fetch_pages(urls: Iterable[str], cfg: dict[str, Any], stats: Counter) -> Iterator[Fetched]:
-    """Fetch URLs on `cfg.concurrency` threads; yields every outcome, in input order."""
-    session = http_session(cfg)
-    with ThreadPoolExecutor(cfg["concurrency"]) as pool:
-        for got in pool.map(lambda u: fetch_page(session, u, cfg), urls):
-            stats[f"fetch/{got.outcome}"] += 1
-            yield got
+def fetch_pages(urls: list[str], cfg: dict[str, Any], stats: Counter) -> list[Fetched]:
+    """Fetch URLs concurrently and count the outcomes (a convenience for small batches)."""
+    async def run() -> list[Fetched]:
+        return [got async for got in fetch_all(urls, cfg)]
+
+    results = asyncio.run(run())
+    stats.update(f"fetch/{got.outcome}" for got in results)
+    return results
+
+
+class PageStore:
+    """pages.warc.gz plus the journal of outcomes that makes a fetch resumable."""
+
+    def __init__(self, out_dir: Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.warc_path, self.journal_path = out_dir / "pages.warc.gz", out_dir / "outcomes.jsonl"
+        self.done = self._read_journal()
+        end = max((e["warc_end"] for e in self.done.values()), default=0)
+        with open(self.warc_path, "ab") as warc:
+            warc.truncate(end)  # drop a record whose journal line was never written
+        self.warc = open(self.warc_path, "ab")
+        self.writer = WARCWriter(self.warc, gzip=True)
+        self.journal = open(self.journal_path, "a")
+
+    def _read_journal(self) -> dict[str, dict[str, Any]]:
+        done = {}
+        if self.journal_path.exists():
+            for line in self.journal_path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run
+                    continue
+                done[entry["url"]] = entry
+        return done
+
+    def add(self, got: Fetched) -> None:
+        if got.outcome == "ok":
+            self.writer.write_record(warc_record(self.writer, got))
+            self.warc.flush()
+        entry = {"url": got.url, "outcome": got.outcome, "status": got.status, "warc_end": self.warc.tell()}
+        self.journal.write(json.dumps(entry) + "\n")
+        self.journal.flush()
+        self.done[got.url] = entry
+
+    def outcome_counts(self) -> Counter:
+        return Counter(f"fetch/{e['outcome']}" for e in self.done.values())
+
+    def close(self) -> None:
+        self.warc.close()
+        self.journal.close()
 
 
 def warc_record(writer: WARCWriter, got: Fetched):
@@ -106,22 +182,32 @@ def warc_record(writer: WARCWriter, got: Fetched):
                                      http_headers=http_headers)
 
 
+def fetch_into(store: PageStore, urls: list[str], cfg: dict[str, Any]) -> None:
+    """Fetch the URLs the store has no outcome for yet, recording each as it completes."""
+    todo = [u for u in dict.fromkeys(urls) if u not in store.done]
+
+    async def run() -> None:
+        with tqdm(total=len(urls), initial=len(urls) - len(todo), desc="fetch", unit="page") as bar:
+            async for got in fetch_all(todo, cfg):
+                store.add(got)
+                bar.update()
+
+    asyncio.run(run())
+
+
 @task(name="fetch", cache_policy=FilesAndCode(files=("urls_path",), exclude=("proxy",)),
       retries=2, retry_delay_seconds=10)
 def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None = None) -> dict[str, Any]:
-    """Fetch every URL in `urls_path` and write the HTML responses to `out` (WARC, gzip).
+    """Fetch every URL in `urls_path` into `out`/pages.warc.gz, resuming an interrupted run.
 
     `proxy`, when given, overrides `cfg.proxy` and is left out of the cache key.
     """
-    stats: Counter = Counter()
     cfg = {**cfg, "proxy": proxy or cfg.get("proxy")}
-    urls = [doc.url for doc in read_documents(Path(urls_path))]
-    tmp = Path(out + ".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
-        for got in tqdm(fetch_pages(urls, cfg, stats), total=len(urls), desc="fetch", unit="page"):
-            if got.outcome == "ok":
-                writer.write_record(warc_record(writer, got))
-    tmp.replace(out)
-    return {"path": out, "stats": dict(stats)}
+    store = PageStore(Path(out))
+    try:
+        fetch_into(store, [doc.url for doc in read_documents(Path(urls_path))], cfg)
+    finally:
+        store.close()
+    return {"path": str(store.warc_path), "stats": dict(store.outcome_counts())}
+
+

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import lzma
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -15,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import zstandard
 from prefect import task
+from tqdm import tqdm
 
 from tasks.caching import FilesAndCode
 from tasks.document import Document, url_id, write_documents
@@ -78,8 +80,9 @@ def open_dump(path: Path) -> BinaryIO:
     return raw
 
 
-def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[dict[str, Any]]:
-    """Yield each JSON record of the dumps; corrupt lines and truncated files are counted and skipped."""
+def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dump name, record) for each JSON record of the dumps; corrupt lines and truncated files are
+    counted and skipped, and the records before the damage are kept."""
     for path in paths:
         try:
             with open_dump(path) as stream:
@@ -91,7 +94,7 @@ def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[dict[str
                         stats["urls/corrupt_line"] += 1
                         continue
                     if isinstance(record, dict):
-                        yield record
+                        yield path.name, record
                     else:
                         stats["urls/corrupt_line"] += 1
         except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
@@ -134,20 +137,52 @@ def rejection(record: dict[str, Any], cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def select_urls(records: Iterable[dict[str, Any]], cfg: dict[str, Any], stats: Counter,
-                seen: set[str] | None = None) -> Iterator[Document]:
-    """Keep article submissions (score, NSFW, self-post and blacklist filters), once per normalised URL."""
-    seen = set() if seen is None else seen
-    for record in records:
+class SeenUrls:
+    """Normalised URLs already taken from earlier dumps, kept on disk (SQLite) across runs.
+
+    Each URL remembers the dump it first came from, so reprocessing that same dump yields it
+    again (a rerun is idempotent) while any later dump that links it again skips it.
+    """
+
+    def __init__(self, path: Path | None):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(":memory:" if path is None else path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS seen (url TEXT PRIMARY KEY, dump TEXT NOT NULL)")
+
+    def first_dump(self, url: str) -> str | None:
+        row = self.db.execute("SELECT dump FROM seen WHERE url = ?", (url,)).fetchone()
+        return row[0] if row else None
+
+    def add(self, url: str, dump: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (url, dump))
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+
+def select_urls(records: Iterable[tuple[str, dict[str, Any]]], cfg: dict[str, Any], stats: Counter,
+                seen: SeenUrls | None = None) -> Iterator[Document]:
+    """Keep article submissions (score, NSFW, self-post and blacklist filters), once per normalised
+    URL, and never a URL that an earlier dump in `seen` already gave."""
+    seen = SeenUrls(None) if seen is None else seen
+    taken: set[str] = set()
+    for dump, record in records:
         reason = rejection(record, cfg)
         if reason:
             stats[f"urls/dropped_{reason}"] += 1
             continue
         key = normalise_url(record["url"], cfg["tracking_params"])
-        if key in seen:
+        if key in taken:
             stats["urls/dropped_duplicate"] += 1
             continue
-        seen.add(key)
+        first = seen.first_dump(key)
+        if first not in (None, dump):
+            stats["urls/dropped_seen_before"] += 1
+            continue
+        taken.add(key)
+        seen.add(key, dump)
         stats["urls/kept"] += 1
         # fetched as posted (a site may not answer without its www.); the id is the normalised form's
         url = urlsplit(html.unescape(record["url"].strip()))._replace(fragment="").geturl()
@@ -157,9 +192,14 @@ def select_urls(records: Iterable[dict[str, Any]], cfg: dict[str, Any], stats: C
 
 
 @task(name="urls", cache_policy=FilesAndCode(files=("dumps",)))
-def urls_task(dumps: list[str], out: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Read the dumps and write the kept URLs as documents to `out` (jsonl.zst)."""
+def urls_task(dumps: list[str], out: str, cfg: dict[str, Any], seen_db: str | None = None) -> dict[str, Any]:
+    """Read the dumps and write the kept URLs as documents to `out` (jsonl.zst); `seen_db` is the
+    SQLite file of URLs taken by earlier runs."""
     stats: Counter = Counter()
-    records = read_submissions([Path(p) for p in dumps], stats)
-    write_documents(Path(out), select_urls(records, cfg, stats))
+    records = read_submissions(tqdm([Path(p) for p in dumps], desc="urls", unit="dump"), stats)
+    seen = SeenUrls(Path(seen_db) if seen_db else None)
+    try:
+        write_documents(Path(out), select_urls(records, cfg, stats, seen))
+    finally:
+        seen.close()
     return {"path": out, "stats": dict(stats)}

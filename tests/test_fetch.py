@@ -1,15 +1,21 @@
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 
 import pytest
+from warcio.archiveiterator import ArchiveIterator
 
 from flows.common import load_config
 from tasks.document import Document, write_documents
-from tasks.extract import warc_pages
+from tasks.extract import extract_documents, warc_pages
 from tasks.fetch import fetch_pages, fetch_task
 from tests.webserver import ARTICLE, TestWeb
 
 FETCH = {**load_config()["corpus"]["fetch"], "retries": 2, "backoff_s": 0.01, "read_timeout_s": 0.5,
-         "connect_timeout_s": 1, "max_bytes": 100_000}
+         "connect_timeout_s": 1, "total_timeout_s": 5, "max_bytes": 100_000, "allow_addresses": ["127.0.0.1/32"]}
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +29,7 @@ def web():
     ("/missing", "http_404"),
     ("/pdf", "not_html"),
     ("/big", "too_big"),
+    ("/bomb", "too_big"),
     ("/flaky", "ok"),
     ("/ratelimited", "ok"),
     ("/stall", "timeout"),
@@ -38,14 +45,77 @@ def test_each_outcome_is_recorded(web, path, outcome):
 
 
 def test_retries_transient_errors_once_each(web):
-    assert web.hits["/flaky"] == 2 and web.hits["/ratelimited"] == 2
+    fetch_pages([web.url("/flaky?again"), web.url("/ratelimited?again")], FETCH, Counter())
+    assert web.hits["/flaky?again"] == 2 and web.hits["/ratelimited?again"] == 2
+
+
+def test_retry_after_is_honoured(web):
+    start = time.monotonic()
+    [got] = fetch_pages([web.url("/ratelimited?wait")], FETCH, Counter())
+    assert got.outcome == "ok" and time.monotonic() - start >= 0.9  # the server asked for 1 s
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3/", "http://192.168.0.1/x", "http://169.254.169.254/latest",
+                                 "http://[::1]/"])
+def test_private_addresses_are_refused_without_connecting(url):
+    [got] = fetch_pages([url], {**FETCH, "allow_addresses": []}, Counter())
+    assert got.outcome == "blocked_address"
+
+
+def test_loopback_is_refused_unless_allowlisted(web):
+    [got] = fetch_pages([web.url("/ok?private")], {**FETCH, "allow_addresses": []}, Counter())
+    assert got.outcome == "blocked_address" and web.hits["/ok?private"] == 0
 
 
 def test_fetch_task_writes_html_pages_to_warc(web, tmp_path):
     urls = tmp_path / "urls.jsonl.zst"
     write_documents(urls, [Document(id=str(i), url=web.url(p)) for i, p in enumerate(["/ok", "/missing", "/ok?x"])])
-    result = fetch_task.fn(str(urls), str(tmp_path / "pages.warc.gz"), FETCH)
-    pages = dict(warc_pages(tmp_path / "pages.warc.gz"))
+    result = fetch_task.fn(str(urls), str(tmp_path / "fetch"), FETCH)
+    pages = dict(warc_pages(tmp_path / "fetch" / "pages.warc.gz"))
     assert set(pages) == {web.url("/ok"), web.url("/ok?x")}
     assert pages[web.url("/ok")] == ARTICLE
     assert result["stats"] == {"fetch/ok": 2, "fetch/http_404": 1}
+
+
+def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
+    paths = ["/latin1", "/mislabelled", "/binary"]
+    docs = [Document(id=str(i), url=web.url(p)) for i, p in enumerate(paths)]
+    write_documents(tmp_path / "urls.jsonl.zst", docs)
+    fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
+    by_url = {d.url: d for d in docs}
+    pages = [(by_url[url], html) for url, html in warc_pages(tmp_path / "fetch" / "pages.warc.gz")]
+    stats = Counter()
+    texts = {d.url: d.text for d in extract_documents(pages, "trafilatura", stats)}
+    assert texts[web.url("/latin1")] == texts[web.url("/mislabelled")] == "Café crème à la française, déjà vu."
+    assert web.url("/binary") not in texts or "Café" not in texts[web.url("/binary")]
+    assert sum(stats.values()) == 3  # the binary page is counted, whatever became of it
+
+
+KILLABLE = """
+import sys
+from tasks.fetch import fetch_task
+fetch_task.fn(sys.argv[1], sys.argv[2], {fetch!r})
+"""
+
+
+def test_killed_fetch_resumes_without_duplicates_or_gaps(web, tmp_path):
+    urls = [web.url(f"/slow/{i}") for i in range(60)]
+    write_documents(tmp_path / "urls.jsonl.zst", [Document(id=str(i), url=u) for i, u in enumerate(urls)])
+    args = [sys.executable, "-c", KILLABLE.format(fetch={**FETCH, "concurrency": 4, "per_host": 4}),
+            str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch")]
+    journal = tmp_path / "fetch" / "outcomes.jsonl"
+    proc = subprocess.Popen(args, cwd=os.getcwd(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 15) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fetched_before = len(journal.read_text().splitlines())
+    assert 15 <= fetched_before < 60
+
+    result = fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
+    with open(tmp_path / "fetch" / "pages.warc.gz", "rb") as fh:
+        stored = [r.rec_headers.get_header("WARC-Target-URI") for r in ArchiveIterator(fh)]
+    assert sorted(stored) == sorted(urls)  # every page once: no duplicates, no gaps
+    assert result["stats"] == {"fetch/ok": 60}
+    assert sum(web.hits[f"/slow/{i}"] for i in range(60)) <= 60 + 4  # only the 4 in flight are fetched again

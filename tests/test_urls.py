@@ -7,7 +7,7 @@ import pytest
 import zstandard
 
 from flows.common import load_config
-from tasks.urls import normalise_url, read_submissions, rejection, select_urls
+from tasks.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls
 from tests.conftest import shared_path
 
 CFG = load_config()["corpus"]["urls"]
@@ -51,7 +51,7 @@ def test_rejection(fields, reason):
 def test_select_urls_keeps_first_of_duplicate_urls():
     stats = Counter()
     records = [record(), record(url="https://www.news.example.com/story/?utm_campaign=x"), record(score=1)]
-    docs = list(select_urls(records, CFG, stats))
+    docs = list(select_urls([("RS_1", r) for r in records], CFG, stats))
     assert [d.url for d in docs] == ["https://news.example.com/story"]
     assert stats["urls/dropped_duplicate"] == 1 and stats["urls/dropped_low_score"] == 1
 
@@ -73,7 +73,7 @@ def test_every_dump_format_streams_and_skips_corrupt_lines(tmp_path, suffix):
     path = tmp_path / f"RS_test{suffix}"
     write_dump(path, [json.dumps(record(title="one")), '{"url": "https://cut', json.dumps(record(title="two"))])
     stats = Counter()
-    assert [r["title"] for r in read_submissions([path], stats)] == ["one", "two"]
+    assert [(d, r["title"]) for d, r in read_submissions([path], stats)] == [(path.name, "one"), (path.name, "two")]
     assert stats["urls/corrupt_line"] == 1 and stats["urls/records_read"] == 3
 
 
@@ -83,7 +83,7 @@ def test_truncated_dump_keeps_what_came_before(tmp_path):
     write_dump(cut, [json.dumps(record(title=f"c{i}")) for i in range(2000)])
     cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
     stats = Counter()
-    titles = [r["title"] for r in read_submissions([cut, good], stats)]
+    titles = [r["title"] for _, r in read_submissions([cut, good], stats)]
     assert stats["urls/truncated_file"] == 1
     assert titles[-3:] == ["t0", "t1", "t2"] and titles[0] == "c0"
 
@@ -92,7 +92,7 @@ def test_multi_frame_zst_is_read_whole(tmp_path):
     path = tmp_path / "RS_frames.zst"
     frames = [zstandard.ZstdCompressor().compress(f"{json.dumps(record(title=t))}\n".encode()) for t in "abc"]
     path.write_bytes(b"".join(frames))
-    assert [r["title"] for r in read_submissions([path], Counter())] == ["a", "b", "c"]
+    assert [r["title"] for _, r in read_submissions([path], Counter())] == ["a", "b", "c"]
 
 
 def test_real_pushshift_dumps():
@@ -101,7 +101,24 @@ def test_real_pushshift_dumps():
     records = list(read_submissions(paths, stats))
     docs = list(select_urls(iter(records), CFG, stats))
     assert stats["urls/corrupt_line"] == 0 and len(records) > 1000
-    kept = {r["url"] for r in records if rejection(r, CFG) is None}
+    kept = {r["url"] for _, r in records if rejection(r, CFG) is None}
     assert 0 < len(docs) <= len(kept)
     assert all("wikipedia.org" not in d.url and not d.url.endswith((".jpg", ".pdf")) for d in docs)
     assert len({d.id for d in docs}) == len(docs)
+
+
+def test_seen_urls_persist_across_runs(tmp_path):
+    db = tmp_path / "seen.sqlite"
+    june = [("RS_06", record(url=f"https://example.com/{i}")) for i in range(3)]
+    july = [("RS_07", record(url=f"https://example.com/{i}")) for i in range(2, 5)]
+
+    def run(records):
+        seen, stats = SeenUrls(db), Counter()
+        urls = [d.url for d in select_urls(records, CFG, stats, seen)]
+        seen.close()
+        return urls, stats
+
+    assert run(june)[0] == [f"https://example.com/{i}" for i in range(3)]
+    assert run(june)[0] == [f"https://example.com/{i}" for i in range(3)]  # the same dump again: same URLs
+    urls, stats = run(july)
+    assert urls == ["https://example.com/3", "https://example.com/4"] and stats["urls/dropped_seen_before"] == 1

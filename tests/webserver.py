@@ -1,12 +1,16 @@
 """A real HTTP server on 127.0.0.1 that plays the difficult parts of the web for the fetch tests."""
 from __future__ import annotations
 
+import gzip
+import random
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARTICLE = "<html><head><title>T</title></head><body><article><p>Hello from the test web.</p></article></body></html>"
+LATIN1_ARTICLE = "<html><body><article><p>Café crème à la française, déjà vu.</p></article></body></html>"
+BOMB = gzip.compress(b"<p>" + b"0" * 50_000_000, compresslevel=9)  # 50 MB of zeros in about 50 kB
 
 
 class TestWebHandler(BaseHTTPRequestHandler):
@@ -44,6 +48,18 @@ class TestWebHandler(BaseHTTPRequestHandler):
             self.reply(200, ARTICLE.encode())
         elif route == "/loop":
             self.reply(302, headers={"Location": "/loop"})
+        elif route == "/bomb":
+            self.reply(200, BOMB, headers={"Content-Encoding": "gzip"})
+        elif route == "/binary":
+            self.reply(200, random.Random(0).randbytes(5000))
+        elif route == "/latin1":
+            self.reply(200, LATIN1_ARTICLE.encode("latin-1"), "text/html; charset=iso-8859-1")
+        elif route == "/mislabelled":  # says UTF-8, is windows-1252, and its meta tag knows it
+            body = '<meta charset="windows-1252">' + LATIN1_ARTICLE
+            self.reply(200, body.encode("cp1252"), "text/html; charset=utf-8")
+        elif route.startswith("/slow/"):
+            time.sleep(0.05)
+            self.reply(200, ARTICLE.replace("Hello", route).encode())
         else:
             self.reply(404)
 
