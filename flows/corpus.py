@@ -31,7 +31,8 @@ def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
         pages = cached(fetch_task, cfg)(urls["path"], str(work / "fetch"), c["fetch"], proxy)
     texts = cached(extract_task, cfg)(urls["path"], pages["path"], str(work / "extracted.jsonl.zst"), c["extract"])
     english = cached(language_task, cfg)(texts["path"], str(work / "english.jsonl.zst"), c["language"])
-    unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"])
+    unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"],
+                                     c["dedup"]["index_path"])
     stats = merge_stats(urls, pages, texts, english, unique)
     tokens = cached(tokenize_task, cfg)(unique["path"], str(token_dir(cfg)), c["tokenize"], stats)
     stats = merge_stats(urls, pages, texts, english, unique, tokens)

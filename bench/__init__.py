@@ -1,0 +1,1 @@
+"""Benchmarks: each prints the project's figure beside its anchor, measured in the same run."""
