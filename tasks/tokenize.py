@@ -42,7 +42,7 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 
 
 def tokenize_documents(docs: Iterable[Document], min_tokens: int, stats: Counter,
-                       batch_size: int = 256) -> Iterator[tuple[Document, list[int]]]:
+                       batch_size: int = 1024) -> Iterator[tuple[Document, list[int]]]:
     """(document, ids) for documents of at least `min_tokens` tokens, encoded in batches."""
     enc = gpt2_encoding()
     batch: list[Document] = []
