@@ -16,30 +16,43 @@ from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.fetch import fetch_task
 from tasks.language import language_task
-from tasks.report import funnel_markdown, merge_stats, write_report
+from tasks.report import funnel_markdown, log_to_wandb, merge_stats, output_sizes, write_report
 from tasks.tokenize import tokenize_task
 from tasks.urls import urls_task
 
 
-@flow(name="corpus", log_prints=True)
-def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts."""
+def crawl(cfg: dict[str, Any], work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The urls and fetch stages: Reddit dumps -> article URLs -> WARC of fetched pages."""
     c = cfg["corpus"]
-    work = Path(c["out_dir"]) / "stages"
     with serve_sample_web() if c["serve_sample_web"] else nullcontext() as proxy:
         urls = cached(urls_task, cfg)(c["dumps"], str(work / "urls.jsonl.zst"), c["urls"], c["seen_urls_db"])
         pages = cached(fetch_task, cfg)(urls["path"], str(work / "fetch"), c["fetch"], proxy)
-    texts = cached(extract_task, cfg)(urls["path"], pages["path"], str(work / "extracted.jsonl.zst"), c["extract"])
+    return urls, pages
+
+
+@flow(name="corpus", log_prints=True)
+def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
+
+    With `corpus.source=warc` the pages come from `corpus.warc_files` (e.g. Common Crawl) instead.
+    """
+    c = cfg["corpus"]
+    work = Path(c["out_dir"]) / "stages"
+    urls, pages = crawl(cfg, work) if c["source"] == "fetch" else (None, None)
+    warcs = [pages["path"]] if pages else c["warc_files"]
+    texts = cached(extract_task, cfg)(urls and urls["path"], warcs, str(work / "extracted.jsonl.zst"), c["extract"])
     english = cached(language_task, cfg)(texts["path"], str(work / "english.jsonl.zst"), c["language"])
     unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"],
                                      c["dedup"]["index_path"])
-    stats = merge_stats(urls, pages, texts, english, unique)
-    tokens = cached(tokenize_task, cfg)(unique["path"], str(token_dir(cfg)), c["tokenize"], stats)
-    stats = merge_stats(urls, pages, texts, english, unique, tokens)
-    report = write_report(stats, Path(c["out_dir"]))
-    create_markdown_artifact(funnel_markdown(stats), key="corpus-funnel", description="Corpus funnel")
-    print(funnel_markdown(stats))
-    return {"data_dir": tokens["path"], "stats": stats, "report": report}
+    stages = {k: v for k, v in dict(urls=urls, fetch=pages, extract=texts, language=english, dedup=unique).items() if v}
+    stages["tokenize"] = cached(tokenize_task, cfg)(unique["path"], str(token_dir(cfg)), c["tokenize"],
+                                                    merge_stats(*stages.values()))
+    stats, sizes = merge_stats(*stages.values()), output_sizes(stages)
+    report = write_report(stats, sizes, Path(c["out_dir"]))
+    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{c['name']}")
+    create_markdown_artifact(funnel_markdown(stats, sizes), key="corpus-funnel", description="Corpus funnel")
+    print(funnel_markdown(stats, sizes))
+    return {"data_dir": stages["tokenize"]["path"], "stats": stats, "report": report}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -25,10 +25,10 @@ def file_digest(path: Path) -> str:
 
 
 def _digests(value: Any) -> Any:
-    """A path, or a list of paths, replaced by the content digests of what they name."""
+    """A path, or a list of paths, replaced by the content digests of what they name (None stays None)."""
     if isinstance(value, (list, tuple)):
         return [_digests(v) for v in value]
-    return file_digest(Path(value))
+    return None if value is None else file_digest(Path(value))
 
 
 PROJECT_PACKAGES = {"tasks", "model", "flows", "sample"}

@@ -19,7 +19,7 @@ from tqdm import tqdm  # noqa: E402
 from warcio.archiveiterator import ArchiveIterator  # noqa: E402
 
 from tasks.caching import FilesAndCode  # noqa: E402
-from tasks.document import Document, read_documents, write_documents  # noqa: E402
+from tasks.document import Document, read_documents, url_id, write_documents  # noqa: E402
 
 CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 CHARSET_IN_META = re.compile(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", re.I)
@@ -105,12 +105,22 @@ def extract_documents(pages: Iterable[tuple[Document, str]], method: str, stats:
             stats["extract/empty"] += 1
 
 
-@task(name="extract", cache_policy=FilesAndCode(files=("urls_path", "warc_path")))
-def extract_task(urls_path: str, warc_path: str, out: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Extract the article text of every page in `warc_path`; writes documents to `out`."""
+def documents_for(pages: Iterable[tuple[str, str]], urls_path: str | None) -> Iterator[tuple[Document, str]]:
+    """Pair each page with its URL stage document, or, reading WARC files made elsewhere (Common
+    Crawl style, no `urls_path`), with a new document for its URL."""
+    by_url = {doc.url: doc for doc in read_documents(Path(urls_path))} if urls_path else {}
+    for url, html in pages:
+        if urls_path is None:
+            yield Document(id=url_id(url), url=url), html
+        elif url in by_url:
+            yield by_url[url], html
+
+
+@task(name="extract", cache_policy=FilesAndCode(files=("urls_path", "warc_paths")))
+def extract_task(urls_path: str | None, warc_paths: list[str], out: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Extract the article text of every page in the WARC files; writes documents to `out`."""
     stats: Counter = Counter()
-    by_url = {doc.url: doc for doc in read_documents(Path(urls_path))}
-    pages = ((by_url[url], html) for url, html in tqdm(warc_pages(Path(warc_path)), desc="extract", unit="page")
-             if url in by_url)
-    write_documents(Path(out), extract_documents(pages, cfg["method"], stats))
+    pages = (page for path in warc_paths for page in warc_pages(Path(path)))
+    docs = documents_for(tqdm(pages, desc="extract", unit="page"), urls_path)
+    write_documents(Path(out), extract_documents(docs, cfg["method"], stats))
     return {"path": out, "stats": dict(stats)}

@@ -1,4 +1,4 @@
-"""The corpus funnel: how many records survive each stage, as Markdown, JSON and a PNG chart."""
+"""The corpus funnel: how many records survive each stage, as Markdown, JSON, a PNG chart and a W&B run."""
 from __future__ import annotations
 
 import json
@@ -20,32 +20,73 @@ def funnel(stats: dict[str, int]) -> list[tuple[str, int]]:
     return [(label, int(stats.get(key, 0))) for label, key in FUNNEL]
 
 
-def funnel_markdown(stats: dict[str, int]) -> str:
-    """The funnel and every counter behind it, as Markdown tables."""
+def breakdown(stats: dict[str, int], prefix: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """The counters of one stage, e.g. fetch outcomes or languages, largest first."""
+    items = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith(prefix + "/")}
+    return dict(sorted(((k, v) for k, v in items.items() if k not in skip), key=lambda kv: -kv[1]))
+
+
+def funnel_markdown(stats: dict[str, int], sizes: dict[str, int] | None = None) -> str:
+    """The funnel, the size of each stage's output, and every counter behind them, as Markdown."""
     rows = "\n".join(f"| {label} | {count:,} |" for label, count in funnel(stats))
+    text = f"## Corpus funnel\n\n| stage | count |\n|---|---:|\n{rows}\n"
+    if sizes:
+        text += "\n| stage output | bytes |\n|---|---:|\n" + "\n".join(f"| {k} | {v:,} |" for k, v in sizes.items()) + "\n"
     details = "\n".join(f"| `{key}` | {value:,} |" for key, value in sorted(stats.items()))
-    return (f"## Corpus funnel\n\n| stage | count |\n|---|---:|\n{rows}\n\n"
-            f"### All counters\n\n| counter | value |\n|---|---:|\n{details}\n")
+    return text + f"\n### All counters\n\n| counter | value |\n|---|---:|\n{details}\n"
 
 
-def write_report(stats: dict[str, int], out_dir: Path) -> dict[str, str]:
+def plot_funnel(stats: dict[str, int], path: Path) -> None:
+    """Three panels: documents left after each stage, fetch outcomes, and languages."""
+    panels = [("Documents after each stage", dict(funnel(stats)[:-1])),
+              ("Fetch outcomes", breakdown(stats, "fetch")),
+              ("Languages (top 10)", dict(list(breakdown(stats, "language", skip=("kept",)).items())[:10]))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, counts) in zip(axes, panels):
+        labels, values = list(counts)[::-1], list(counts.values())[::-1]
+        ax.barh(labels, values, color="#4c72b0")
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:,}", va="center", fontsize=8)
+        ax.set_title(title)
+        ax.margins(x=0.2)
+    fig.suptitle(f"Corpus funnel: {stats.get('tokenize/tokens', 0):,} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path) -> dict[str, str]:
     """Write funnel.md, funnel.json and funnel.png to `out_dir`; returns their paths."""
     paths = {"md": out_dir / "funnel.md", "json": out_dir / "funnel.json", "png": out_dir / "funnel.png"}
-    paths["md"].write_text(funnel_markdown(stats))
-    paths["json"].write_text(json.dumps({"funnel": dict(funnel(stats)), "stats": stats}, indent=2))
-    stages = funnel(stats)[:-1]  # tokens are on another scale
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.barh([s for s, _ in stages][::-1], [c for _, c in stages][::-1], color="#4c72b0")
-    for i, (_, count) in enumerate(stages[::-1]):
-        ax.text(count, i, f" {count:,}", va="center", fontsize=8)
-    ax.set_xlabel("documents")
-    ax.set_title(f"Corpus funnel ({stats.get('tokenize/tokens', 0):,} tokens)")
-    fig.tight_layout()
-    fig.savefig(paths["png"], dpi=120)
-    plt.close(fig)
+    paths["md"].write_text(funnel_markdown(stats, sizes))
+    paths["json"].write_text(json.dumps({"funnel": dict(funnel(stats)), "bytes": sizes, "stats": stats}, indent=2))
+    plot_funnel(stats, paths["png"])
     return {k: str(v) for k, v in paths.items()}
+
+
+def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str, Any], name: str) -> str | None:
+    """Log the funnel as a W&B run (job type "corpus"): counters, a table and the chart. Returns its folder."""
+    if not logger["enabled"]:
+        return None
+    import wandb
+
+    Path(logger["save_dir"]).mkdir(parents=True, exist_ok=True)
+    with wandb.init(project=logger["project"], name=name, job_type="corpus", dir=logger["save_dir"],
+                    mode=logger["mode"]) as run:
+        run.log({f"corpus/{k}": v for k, v in stats.items()})
+        run.log({"corpus/funnel": wandb.Table(columns=["stage", "count"], data=[list(r) for r in funnel(stats)]),
+                 "corpus/funnel_chart": wandb.Image(report["png"])})
+        return str(Path(run.dir).parent)
 
 
 def merge_stats(*results: dict[str, Any]) -> dict[str, int]:
     """All the stage counters of a run in one dict."""
     return {k: v for result in results for k, v in result["stats"].items()}
+
+
+def output_sizes(results: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Bytes written by each stage (a folder counts every file in it)."""
+    def size(path: Path) -> int:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+    return {stage: size(Path(result["path"])) for stage, result in results.items()}

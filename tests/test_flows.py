@@ -57,6 +57,21 @@ def test_corpus_flow_funnel(demo):
                       "after dedup": 47, "≥ min tokens": 44, "tokens": counts["tokens"]}
     assert counts["tokens"] > 10_000
     assert all(Path(p).exists() for p in result["report"].values())
+    logged = {k: v for row in wandb_history(Path(result["report"]["wandb"])) for k, v in row.items()}
+    assert logged["corpus/dedup/kept"] == 47 and logged["corpus/language/de"] == 1
+
+
+def test_corpus_from_warc_files(demo, tmp_path):
+    """source=warc: the WARC the first run fetched, read as if Common Crawl had crawled it."""
+    from flows.common import load_config
+
+    cfg, state = demo
+    warc = Path(cfg["corpus"]["out_dir"]) / "stages" / "fetch" / "pages.warc.gz"
+    warc_cfg = load_config([f"paths.data={tmp_path}", "corpus.source=warc", f"corpus.warc_files=[{warc}]",
+                            "logger=none"])
+    counts = dict(funnel(corpus_flow(warc_cfg)["stats"]))
+    assert counts["records read"] == counts["URLs kept"] == counts["fetched"] == 0
+    assert (counts["extracted"], counts["after dedup"], counts["≥ min tokens"]) == (56, 47, 44)
 
 
 def test_second_corpus_run_is_served_from_cache(demo):
