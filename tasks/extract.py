@@ -24,6 +24,8 @@ from tasks.document import Document, read_documents, url_id, write_documents  # 
 CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 CHARSET_IN_META = re.compile(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", re.I)
 PLACEHOLDER_URL = "http://localhost/"
+SOCIAL_LINE = re.compile(r"^(share|follow|like this|also on|read more|related|advertisement|sign up|subscribe|"
+                         r"click here|image:|photo:|credit:)", re.I)
 
 
 def _newspaper_config() -> newspaper.Config:
@@ -50,14 +52,43 @@ def decode_html(body: bytes, content_type: str = "") -> str:
     return str(best) if best is not None else body.decode("utf-8", "replace")
 
 
+def trafilatura_text(html: str, url: str | None, favor_precision: bool = False) -> str:
+    return trafilatura.extract(html, url=url, include_comments=False, include_tables=False,
+                               favor_precision=favor_precision) or ""
+
+
+def without_edge_boilerplate(text: str) -> str:
+    """Drop share/follow/subscribe lines, and one-word lines (datelines, labels) at either end."""
+    lines = [line for line in text.split("\n") if not SOCIAL_LINE.match(line.strip())]
+    while lines and len(lines[0].split()) < 2:
+        lines.pop(0)
+    while lines and len(lines[-1].split()) < 2:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def ensemble_text(html: str, url: str | None) -> str:
+    """trafilatura's precision-favouring output, unless it lost over half of the default output
+    (then it cut into the article, not just the clutter around it), cleaned at the edges."""
+    default = trafilatura_text(html, url)
+    precise = trafilatura_text(html, url, favor_precision=True)
+    return without_edge_boilerplate(precise if len(precise) >= len(default) / 2 else default)
+
+
 def extract(html: str, url: str | None = None, method: str = "newspaper") -> str:
-    """The main article text of a page, or '' when it has none."""
+    """The main article text of a page, or '' when it has none.
+
+    Methods: "newspaper" (newspaper3k, the original OpenWebText's), "trafilatura", and
+    "ensemble" (two trafilatura passes, see `ensemble_text`: the most accurate, half as fast).
+    """
     if not html.strip():
         return ""
     if method == "trafilatura":
-        return trafilatura.extract(html, url=url, include_comments=False, include_tables=False) or ""
+        return trafilatura_text(html, url)
+    if method == "ensemble":
+        return ensemble_text(html, url)
     if method != "newspaper":
-        raise ValueError(f"unknown extractor {method!r}: use 'newspaper' or 'trafilatura'")
+        raise ValueError(f"unknown extractor {method!r}: use 'newspaper', 'trafilatura' or 'ensemble'")
     article = newspaper.Article(url or PLACEHOLDER_URL, config=NEWSPAPER_CONFIG)
     article.download(input_html=html)
     article.parse()

@@ -4,14 +4,14 @@ import json
 import pytest
 
 from sample.web import WEB_ROOT
-from tasks.extract import decode_html, extract, shingle_scores
+from tasks.extract import decode_html, extract, shingle_scores, without_edge_boilerplate
 from tests.conftest import shared_path
 
 SAMPLE_PAGE = WEB_ROOT / "www.harbourgazette.example" / "news" / "2019" / "recycling-00.html"
 BOILERPLATE = ["We use cookies", "Related stories", "All rights reserved", "Sign up", "Accept all"]
 
 
-@pytest.mark.parametrize("method", ["newspaper", "trafilatura"])
+@pytest.mark.parametrize("method", ["newspaper", "trafilatura", "ensemble"])
 def test_extracts_the_story_without_boilerplate(method):
     html = SAMPLE_PAGE.read_text()
     text = extract(html, "http://www.harbourgazette.example/news/2019/recycling-00", method)
@@ -21,7 +21,7 @@ def test_extracts_the_story_without_boilerplate(method):
 
 
 @pytest.mark.parametrize("html", ["", "   ", "<html><head><title>x</title></head><body><script>var x = 1;</script></body></html>"])
-@pytest.mark.parametrize("method", ["newspaper", "trafilatura"])
+@pytest.mark.parametrize("method", ["newspaper", "trafilatura", "ensemble"])
 def test_no_article_gives_empty_string(html, method):
     assert extract(html, None, method) == ""
 
@@ -51,7 +51,12 @@ def test_shingle_scores():
     assert shingle_scores("", "a b c d") == (0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("method, min_f1", [("newspaper", 0.93), ("trafilatura", 0.93)])
+def test_edge_boilerplate_is_dropped():
+    text = "BERLIN\nThe council met on Monday.\nIt agreed.\nShare this story with a friend!\nTags"
+    assert without_edge_boilerplate(text) == "The council met on Monday.\nIt agreed."
+
+
+@pytest.mark.parametrize("method, min_f1", [("newspaper", 0.94), ("trafilatura", 0.955), ("ensemble", 0.965)])
 def test_quality_on_real_news_pages(method, min_f1):
     root = shared_path("data", "article-pages")
     truth = json.loads((root / "ground-truth.json").read_text())
