@@ -1,6 +1,7 @@
 """Stage 3, extract: the article text of each fetched page (newspaper3k or trafilatura)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -21,6 +22,7 @@ from warcio.archiveiterator import ArchiveIterator  # noqa: E402
 from tasks.caching import FilesAndCode  # noqa: E402
 from tasks.document import Document, read_documents, url_id, write_documents  # noqa: E402
 
+log = logging.getLogger(__name__)
 CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 CHARSET_IN_META = re.compile(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", re.I)
 PLACEHOLDER_URL = "http://localhost/"
@@ -128,6 +130,7 @@ def extract_documents(pages: Iterable[tuple[Document, str]], method: str, stats:
             doc.text = extract(html, doc.url, method)
         except Exception as err:  # a broken page must not stop the run
             stats[f"extract/error_{type(err).__name__}"] += 1
+            log.warning("extract %s: %s: %s", doc.url, type(err).__name__, err)
             continue
         if doc.text:
             stats["extract/kept"] += 1

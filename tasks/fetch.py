@@ -9,6 +9,7 @@ import asyncio
 import io
 import ipaddress
 import json
+import logging
 import socket
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from warcio.warcwriter import WARCWriter
 from tasks.caching import FilesAndCode
 from tasks.document import read_documents
 
+log = logging.getLogger(__name__)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # The body is stored decoded, so headers that describe the wire encoding would mislead a reader.
 WIRE_HEADERS = {"content-encoding", "transfer-encoding", "content-length"}
@@ -161,6 +163,8 @@ class PageStore:
         if got.outcome == "ok":
             self.writer.write_record(warc_record(self.writer, got))
             self.warc.flush()
+        else:
+            log.info("fetch %s: %s", got.url, got.outcome)
         entry = {"url": got.url, "outcome": got.outcome, "status": got.status, "warc_end": self.warc.tell()}
         self.journal.write(json.dumps(entry) + "\n")
         self.journal.flush()

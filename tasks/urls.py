@@ -82,24 +82,28 @@ def open_dump(path: Path) -> BinaryIO:
 
 def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[tuple[str, dict[str, Any]]]:
     """(dump name, record) for each JSON record of the dumps; corrupt lines and truncated files are
-    counted and skipped, and the records before the damage are kept."""
+    counted (in total and per dump), logged and skipped, and the records before the damage are kept."""
     for path in paths:
         try:
             with open_dump(path) as stream:
-                for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
+                for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), 1):
                     stats["urls/records_read"] += 1
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError:
-                        stats["urls/corrupt_line"] += 1
-                        continue
+                        record = None
                     if isinstance(record, dict):
                         yield path.name, record
                     else:
-                        stats["urls/corrupt_line"] += 1
+                        count_bad(stats, path, "corrupt_line", f"line {number} is not a JSON object")
         except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
-            stats["urls/truncated_file"] += 1
-            log.warning("dump %s ends early (%s); kept the records read before it", path, err)
+            count_bad(stats, path, "truncated_file", f"ends early ({err}); kept the records read before it")
+
+
+def count_bad(stats: Counter, path: Path, what: str, message: str) -> None:
+    stats[f"urls/{what}"] += 1
+    stats[f"urls/{path.name}/{what}"] += 1
+    log.warning("%s: %s", path, message)
 
 
 def normalise_url(url: str, tracking_params: Iterable[str]) -> str:
