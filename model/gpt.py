@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
 
 @dataclass
 class GPTConfig:
@@ -106,6 +109,41 @@ class GPT(nn.Module):
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
+
+    @classmethod
+    def from_hf(cls, path: str) -> GPT:
+        """A GPT with the weights of a transformers GPT-2 folder on local disk (safetensors or .bin)."""
+        from transformers import GPT2LMHeadModel
+
+        hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+        c = hf.config
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, padded_vocab_size=c.vocab_size,
+                              n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd))
+        ours = model.state_dict()
+        with torch.no_grad():
+            for name, tensor in hf.transformer.state_dict().items():
+                if name.endswith(("attn.bias", "attn.masked_bias")):
+                    continue  # causal-mask buffers in older files, not weights
+                ours[name].copy_(tensor.t() if name.endswith(HF_TRANSPOSED) else tensor)
+        return model
+
+    def to_hf(self, path: str) -> None:
+        """Write this model as a transformers GPT-2 folder (config.json + model.safetensors)."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = self.config
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                        n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu_new",
+                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        theirs = hf.transformer.state_dict()
+        with torch.no_grad():
+            for name, tensor in self.state_dict().items():
+                if name == "lm_head.weight":
+                    continue  # tied to wte
+                if name == "wte.weight":
+                    tensor = tensor[: c.vocab_size]  # padding rows are not part of the vocabulary
+                theirs[name].copy_(tensor.t() if name.endswith(HF_TRANSPOSED) else tensor)
+        hf.save_pretrained(path)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

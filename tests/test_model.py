@@ -118,3 +118,27 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_from_hf_matches_transformers_logits(tmp_path, safetensors):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=safetensors)
+    ours = GPT.from_hf(str(tmp_path)).eval()
+    ids = torch.randint(0, 50257, (2, 30))
+    assert ours(ids).shape == (2, 30, 50257)
+    assert torch.allclose(ours(ids), hf(ids).logits, atol=1e-4)
+
+
+def test_to_hf_round_trip(gpt, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    gpt.to_hf(str(tmp_path))
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path, local_files_only=True).eval()
+    ids = torch.randint(0, 50257, (1, 40))
+    assert torch.allclose(gpt(ids), hf(ids).logits, atol=1e-4)
+    assert torch.allclose(GPT.from_hf(str(tmp_path))(ids), gpt(ids), atol=1e-5)
