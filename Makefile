@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate sample bench-corpus clean
+.PHONY: help setup demo test corpus train eval generate export sample bench-corpus clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ eval: $(STAMP)  ## perplexity of a checkpoint on the corpus val split
 
 generate: $(STAMP)  ## sample text from a checkpoint
 	$(PY) -m flows.generate $(ARGS)
+
+export: $(STAMP)  ## write a checkpoint (Lightning or DeepSpeed ZeRO) as a transformers GPT-2 folder
+	$(PY) -m flows.export $(ARGS)
 
 bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (newspaper3k, datasketch, tiktoken)
 	$(PY) -m bench.corpus $(ARGS)

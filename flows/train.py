@@ -12,7 +12,7 @@ from flows.common import CONF_DIR, cached, checkpoint_path, to_dict, token_dir
 from flows.corpus import corpus_flow
 from tasks.train import train_task
 
-TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name")
+TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "prompt")
 
 
 def corpus_dir(cfg: dict[str, Any]) -> str:

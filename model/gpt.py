@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -25,6 +26,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
+    activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
 
 
 class CausalSelfAttention(nn.Module):
@@ -106,7 +108,8 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if self.config.activation_checkpointing and self.training \
+                else block(x)
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
 
@@ -122,7 +125,7 @@ class GPT(nn.Module):
         ours = model.state_dict()
         with torch.no_grad():
             for name, tensor in hf.transformer.state_dict().items():
-                if name.endswith(("attn.bias", "attn.masked_bias")):
+                if name.split(".")[-2:] in (["attn", "bias"], ["attn", "masked_bias"]):
                     continue  # causal-mask buffers in older files, not weights
                 ours[name].copy_(tensor.t() if name.endswith(HF_TRANSPOSED) else tensor)
         return model

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,10 +21,16 @@ def cosine_with_warmup(step: int, warmup_steps: int, max_steps: int, min_lr_rati
 
 
 class GPTLightning(pl.LightningModule):
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], max_steps: int):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], max_steps: int,
+                 activation_checkpointing: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
-        self.model = GPT(GPTConfig(**{f.name: model[f.name] for f in fields(GPTConfig) if f.name in model}))
+        settings = {f.name: model[f.name] for f in fields(GPTConfig) if f.name in model}
+        self.model = GPT(GPTConfig(**settings, activation_checkpointing=activation_checkpointing))
+        if compile:
+            # Lightning refuses a compiled LightningModule under DeepSpeed; compiling the blocks in place is fine
+            for block in self.model.h:
+                block.compile()
         self.optim = optim
         self.max_steps = max_steps
 
@@ -37,6 +44,11 @@ class GPTLightning(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("grad_norm", torch.linalg.vector_norm(torch.stack(grads)))
+
     def on_validation_epoch_start(self) -> None:
         self.val_losses: list[torch.Tensor] = []
 
@@ -47,8 +59,8 @@ class GPTLightning(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         # every window has the same length, so the mean of window means is the per-token mean
         loss = torch.stack(self.val_losses).mean()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/perplexity", torch.exp(loss))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", torch.exp(loss), sync_dist=True)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -63,7 +75,34 @@ class GPTLightning(pl.LightningModule):
             step, self.optim["warmup_steps"], self.max_steps, self.optim["min_lr_ratio"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def consolidated(checkpoint: str) -> str:
+    """A Lightning checkpoint file for `checkpoint`; a DeepSpeed ZeRO checkpoint (a folder of
+    shards) is first consolidated into one fp32 file beside it."""
+    if not Path(checkpoint).is_dir():
+        return checkpoint
+    from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    out = Path(checkpoint) / "consolidated_fp32.ckpt"
+    if not out.exists():
+        convert_zero_checkpoint_to_fp32_state_dict(checkpoint, out)
+    return str(out)
+
 
 def load_gpt(checkpoint: str, device: str = "cpu") -> GPT:
-    """The GPT inside a checkpoint written by this module's training."""
-    return GPTLightning.load_from_checkpoint(checkpoint, map_location=device).model.to(device)
+    """The GPT in a checkpoint of this project's training (a file, or a DeepSpeed ZeRO folder), or in
+    a transformers GPT-2 folder."""
+    if (Path(checkpoint) / "config.json").exists():
+        return GPT.from_hf(checkpoint).to(device)
+    return GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location=device).model.to(device)

@@ -126,6 +126,9 @@ def test_from_hf_matches_transformers_logits(tmp_path, safetensors):
 
     torch.manual_seed(1)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # no zero-initialised biases that could hide a weight left behind
+            p.add_(torch.randn_like(p) * 0.02)
     hf.save_pretrained(tmp_path, safe_serialization=safetensors)
     ours = GPT.from_hf(str(tmp_path)).eval()
     ids = torch.randint(0, 50257, (2, 30))

@@ -1,0 +1,89 @@
+"""Lightning callbacks: throughput and MFU, a guard against non-finite loss, saving on SIGTERM/SIGINT,
+and a table of samples in W&B."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from model.sample import sample_text
+
+
+class Throughput(pl.Callback):
+    """Logs perf/tokens_seen, perf/tokens_per_s and, given the hardware's peak FLOP/s, perf/mfu."""
+
+    def __init__(self, tokens_per_step: int, peak_flops: float | None):
+        self.tokens_per_step, self.peak_flops = tokens_per_step, peak_flops
+        self.last: float | None = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: no optimizer step yet
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self.last is not None:
+            tokens_per_s = self.tokens_per_step / (now - self.last)
+            metrics = {"perf/tokens_per_s": tokens_per_s, "perf/tokens_seen": float(trainer.global_step * self.tokens_per_step)}
+            if self.peak_flops:
+                c = module.model.config
+                flops_per_token = 6 * sum(p.numel() for p in module.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
+                metrics["perf/mfu"] = tokens_per_s * flops_per_token / (self.peak_flops * trainer.world_size)
+            module.log_dict(metrics)
+        self.last = now
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops on a NaN or infinite loss with a clear error, after saving the weights from before the
+    step that produced it (the check runs before backward, so nothing has been updated yet)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_before_backward(self, trainer, module, loss) -> None:
+        if not torch.isfinite(loss):
+            trainer.save_checkpoint(self.path)
+            raise FloatingPointError(f"training loss became {loss.item()} at step {trainer.global_step}; "
+                                     f"the last finite state is saved in {self.path}")
+
+
+class SaveOnSignal(pl.Callback):
+    """On SIGTERM or SIGINT (a pre-empted or cancelled job), save `path` and stop cleanly after the step."""
+
+    def __init__(self, path: Path):
+        self.path, self.received = path, None
+
+    def on_train_start(self, trainer, module) -> None:
+        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _note(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.received:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+            print(f"{self.received}: saved {self.path} at step {trainer.global_step}; rerun to resume")
+
+    def on_train_end(self, trainer, module) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class SampleTable(pl.Callback):
+    """Every `every_n_steps`, adds a generated continuation of each prompt to a W&B table."""
+
+    def __init__(self, every_n_steps: int, prompts: list[str], max_new_tokens: int = 48):
+        self.every, self.prompts, self.max_new_tokens = every_n_steps, prompts, max_new_tokens
+        self.rows: list[list] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every or step % self.every or not trainer.is_global_zero or not hasattr(trainer.logger, "log_table"):
+            return
+        self.rows += [[step, p, sample_text(module.model, p, self.max_new_tokens, seed=step)] for p in self.prompts]
+        trainer.logger.log_table("samples", columns=["step", "prompt", "text"], data=self.rows, step=step)
+        module.model.train()

@@ -1,0 +1,125 @@
+"""Training on the CPU: accumulation, exact resume, the non-finite guard, DeepSpeed configs, HF export."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from flows.common import load_config
+from model.lit import GPTLightning, load_gpt
+from tasks.document import url_id
+from tasks.tokenize import ShardWriter
+from tasks.train import accumulation, deepspeed_config, fit, make_strategy
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """A small token corpus in the corpus flow's format: text with structure a model can learn."""
+    out = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    writers = {s: ShardWriter(out, s, 10**9) for s in ("train", "val")}
+    for i in range(200):
+        start = int(rng.integers(0, 1000))
+        writers["val" if i % 10 == 0 else "train"].add([(start + 7 * j) % 1000 for j in range(100)])
+    import json
+    (out / "manifest.json").write_text(json.dumps({"splits": {s: w.flush() for s, w in writers.items()}}))
+    return str(out)
+
+
+def train_cfg(*overrides):
+    return load_config(["logger=none", "model=gpt2-tiny", "model.block_size=32", "trainer.batch_size=4",
+                        "trainer.val_check_interval=1000", "trainer.limit_val_batches=0", "optim.warmup_steps=5",
+                        *overrides])
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self):
+        self.losses = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = outputs["loss"].item()
+
+
+class SigtermAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_resume_after_sigterm_reproduces_the_uninterrupted_run(shards, tmp_path):
+    cfg = train_cfg("trainer.max_steps=40", "trainer.checkpoint_every_n_steps=1000")
+    whole = LossRecorder()
+    fit(cfg, shards, str(tmp_path / "whole"), [whole])
+
+    first, second = LossRecorder(), LossRecorder()
+    cut = fit(cfg, shards, str(tmp_path / "cut"), [first, SigtermAt(20)])["global_step"]
+    assert cut in (20, 21) and (tmp_path / "cut" / "last.ckpt").exists()  # stops after the step in flight
+    assert fit(cfg, shards, str(tmp_path / "cut"), [second])["global_step"] == 40
+    assert sorted(second.losses) == list(range(cut + 1, 41))
+    for step in range(cut + 1, 41):
+        assert second.losses[step] == pytest.approx(whole.losses[step], abs=1e-3)
+    assert whole.losses[40] < whole.losses[1] - 1.0
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(shards, tmp_path):
+    big = fit(train_cfg("trainer.max_steps=1", "trainer.batch_size=8", "trainer.resume=false"), shards, str(tmp_path / "a"))
+    small = fit(train_cfg("trainer.max_steps=1", "trainer.batch_size=4", "trainer.accumulate_grad_batches=2",
+                          "trainer.resume=false"), shards, str(tmp_path / "b"))
+    a, b = load_gpt(big["checkpoint"]).state_dict(), load_gpt(small["checkpoint"]).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    before = GPTLightning(train_cfg()["model"] | {"block_size": 32}, train_cfg()["optim"], 1).model.state_dict()
+    assert not torch.allclose(a["h.0.mlp.c_fc.weight"], before["h.0.mlp.c_fc.weight"])  # a step was taken
+
+
+class NanAtStep5(GPTLightning):
+    """Like an fp overflow in the forward pass: the loss of step 5 is NaN."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step == 5 else loss
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_a_good_checkpoint(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.train.GPTLightning", NanAtStep5)
+    with pytest.raises(FloatingPointError, match="became nan at step 5"):
+        fit(train_cfg("trainer.max_steps=20"), shards, str(tmp_path))
+    saved = torch.load(tmp_path / "before-nonfinite.ckpt", weights_only=False)
+    assert saved["global_step"] == 5
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_global_batch_in_tokens_sets_accumulation():
+    tr = load_config(["trainer=gpu"])["trainer"]
+    assert accumulation({**tr, "devices": 1}, 1024) == 524288 // (16 * 1024) == 32
+    assert accumulation({**tr, "devices": 8}, 1024) == 4
+    assert accumulation({**tr, "global_batch_tokens": None, "accumulate_grad_batches": 3}, 1024) == 3
+
+
+@pytest.mark.parametrize("trainer, stage, offload", [("deepspeed_zero1", 1, False), ("deepspeed_zero2", 2, False),
+                                                      ("deepspeed_zero3", 3, False), ("deepspeed_zero3_offload", 3, True)])
+def test_deepspeed_config_is_generated_from_hydra(trainer, stage, offload):
+    tr = load_config([f"trainer={trainer}"])["trainer"]
+    config = deepspeed_config(tr["deepspeed"])
+    assert config["zero_optimization"]["stage"] == stage
+    assert ("offload_optimizer" in config["zero_optimization"]) == offload
+    assert ("offload_param" in config["zero_optimization"]) == offload
+    assert config["zero_force_ds_cpu_optimizer"] is False  # torch's fused AdamW, no DeepSpeed JIT build
+    strategy = make_strategy(tr)
+    assert type(strategy).__name__ == "DeepSpeedStrategy" and strategy.config["zero_optimization"]["stage"] == stage
+
+
+def test_checkpoint_exports_to_a_folder_transformers_loads(shards, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    result = fit(train_cfg("trainer.max_steps=3"), shards, str(tmp_path / "ckpt"))
+    gpt = load_gpt(result["checkpoint"]).eval()
+    gpt.to_hf(str(tmp_path / "hf"))
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    ids = torch.randint(0, 50257, (1, 16))
+    assert torch.allclose(gpt(ids), hf(ids).logits, atol=1e-4)
+    assert torch.allclose(load_gpt(str(tmp_path / "hf"))(ids), gpt(ids), atol=1e-5)
