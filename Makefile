@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export sample bench-corpus clean
+.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ export: $(STAMP)  ## write a checkpoint (Lightning or DeepSpeed ZeRO) as a trans
 
 bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (newspaper3k, datasketch, tiktoken)
 	$(PY) -m bench.corpus $(ARGS)
+
+bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/gpu.sh for the anchors beside it)
+	$(PY) -m bench.train $(ARGS)
 
 sample: $(STAMP)  ## regenerate the bundled sample web and dump under sample/
 	$(PY) -m sample.build

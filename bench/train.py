@@ -1,0 +1,72 @@
+"""`make bench-train`: tokens/s and MFU of the project's training step (Lightning + the configured
+strategy) on random tokens, to print beside ../shared/bench/gpu_anchor.py measured in the same run.
+
+    python -m bench.train [memory_cap_gib=N] [hydra overrides]
+Default: gpt2 on the GPU with deepspeed_zero2, B=16 x T=1024; without a GPU, gpt2-tiny on the CPU.
+`memory_cap_gib` limits this process's GPU memory (torch.cuda.set_per_process_memory_fraction).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from tempfile import mkdtemp
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from flows.common import load_config
+from model.data import RandomWindows
+from model.lit import GPTLightning
+from tasks.train import accumulation, make_trainer
+
+WARMUP_STEPS = 8
+
+
+class StepTimer(pl.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == WARMUP_STEPS and not hasattr(self, "start"):
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        torch.cuda.synchronize() if torch.cuda.is_available() else None
+        self.seconds = time.perf_counter() - self.start
+
+
+def main(args: list[str]) -> None:
+    caps = [float(a.split("=", 1)[1]) for a in args if a.startswith("memory_cap_gib=")]
+    overrides = [a for a in args if not a.startswith("memory_cap_gib=")]
+    if caps and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(caps[0] * 2**30 / torch.cuda.get_device_properties(0).total_memory)
+    defaults = (["model=gpt2", "trainer=deepspeed_zero2", "trainer.global_batch_tokens=null"] if torch.cuda.is_available()
+                else ["model=gpt2-tiny", "trainer=cpu"])
+    cfg = load_config([*defaults, "logger=none", "trainer.limit_val_batches=0", "trainer.sample_every_n_steps=0",
+                       "trainer.checkpoint_every_n_steps=100000", "trainer.resume=false", "trainer.max_steps=30",
+                       *overrides])
+    tr, block = cfg["trainer"], cfg["model"]["block_size"]
+    module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], tr["activation_checkpointing"], tr["compile"])
+    tokens = np.random.default_rng(0).integers(0, 50257, 10_000_000, dtype=np.uint16)
+    data = DataLoader(RandomWindows(tokens, block, cfg["seed"]), batch_size=tr["batch_size"])
+    timer = StepTimer()
+    trainer = make_trainer(cfg, Path(mkdtemp()), False, [timer])
+    trainer.fit(module, train_dataloaders=data)
+    steps = tr["max_steps"] - WARMUP_STEPS
+    tokens_per_s = steps * tr["batch_size"] * block * accumulation(tr, block) / timer.seconds
+    n_params = sum(p.numel() for p in module.parameters())
+    c = module.model.config
+    result = {"name": f"opengpt2_{cfg['model']['name']}_{tr['strategy']}", "tok_per_s": round(tokens_per_s),
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "B": tr["batch_size"], "T": block, "params_M": round(n_params / 1e6, 1),
+              "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None}
+    if tr["peak_flops"]:
+        flops = 6 * n_params + 12 * c.n_layer * c.n_embd * c.block_size
+        result["mfu"] = round(tokens_per_s * flops / tr["peak_flops"], 3)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
