@@ -11,12 +11,10 @@ from flows.common import CONF_DIR, checkpoint_path, to_dict
 from tasks.generate import generate_task
 
 
-@flow(name="generate", log_prints=True)
-def generate_flow(cfg: dict[str, Any]) -> str:
-    """A continuation of `cfg.prompt` from `cfg.checkpoint` (default: the last of `run_name`)."""
-    text = generate_task(checkpoint_path(cfg), cfg)
-    print(text)
-    return text
+@flow(name="generate")
+def generate_flow(cfg: dict[str, Any]) -> list[str]:
+    """Continuations of `cfg.prompt` from `cfg.checkpoint` (default: the last of `run_name`), streamed."""
+    return generate_task(checkpoint_path(cfg), cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

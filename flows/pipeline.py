@@ -15,12 +15,12 @@ from flows.train import train_flow
 from tasks.report import funnel
 
 
-def summary(corpus: dict[str, Any], metrics: dict[str, float], text: str) -> str:
+def summary(corpus: dict[str, Any], metrics: dict[str, float], texts: list[str]) -> str:
     """What a demo run shows at the end: the funnel, the val perplexity and the sample."""
     lines = ["", "=" * 72, "Corpus funnel:"]
     lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"])]
     lines += [f"Val perplexity: {metrics['val/perplexity']:.2f} (over {metrics['val/tokens']:,.0f} tokens)",
-              "Sample:", text, "=" * 72]
+              "Sample:", *texts, "=" * 72]
     return "\n".join(lines)
 
 
@@ -30,14 +30,13 @@ def pipeline_flow(cfg: dict[str, Any]) -> dict[str, Any]:
     corpus = corpus_flow(cfg)
     trained = train_flow(cfg)
     metrics = evaluate_flow(cfg)
-    text = generate_flow(cfg)
-    return {"corpus": corpus, "train": trained, "eval": metrics, "sample": text}
+    return {"corpus": corpus, "train": trained, "eval": metrics, "samples": generate_flow(cfg)}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     result = pipeline_flow(to_dict(cfg))
-    print(summary(result["corpus"], result["eval"], result["sample"]))
+    print(summary(result["corpus"], result["eval"], result["samples"]))
 
 
 if __name__ == "__main__":

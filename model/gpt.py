@@ -29,21 +29,44 @@ class GPTConfig:
     activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, so that decoding a token costs one
+    position instead of the whole context. Preallocated to `max_len` positions."""
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
+        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' k and v; returns k and v for every position so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.n_head = config.n_head
+        self.n_head, self.layer = config.n_head, layer
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.residual = True
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        if cache is not None:
+            if cache.length and T > 1:
+                raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
+            k, v = cache.update(self.layer, k, v)
+        # one new token may attend to every cached one; a whole sequence needs the causal mask
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -61,15 +84,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -82,7 +105,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.h = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
@@ -101,15 +124,24 @@ class GPT(nn.Module):
         """Parameters, counting the tied embedding once and leaving out positions, as GPT-2's sizes do."""
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.config, batch, max_len or self.config.block_size, p.device, p.dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        start = cache.length if cache is not None else 0
         T = idx.shape[1]
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than the context of {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
-            x = checkpoint(block, x, use_reentrant=False) if self.config.activation_checkpointing and self.training \
-                else block(x)
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache)
+        if cache is not None:
+            cache.length += T
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
 

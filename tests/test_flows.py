@@ -99,8 +99,10 @@ def test_evaluate_and_generate_read_the_checkpoint(demo):
     cfg, _ = demo
     metrics = evaluate_flow(cfg)
     assert 1 < metrics["val/perplexity"] < 1000 and metrics["val/tokens"] > 1000
-    text = generate_flow({**cfg, "max_new_tokens": 20})
-    assert text.startswith(cfg["prompt"]) and len(text) > len(cfg["prompt"])
+    texts = generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 2})
+    assert len(texts) == 2 and texts[0] != texts[1]
+    assert all(t.startswith(cfg["prompt"]) and len(t) > len(cfg["prompt"]) for t in texts)
+    assert generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 1}) == texts[:1]  # seeded
     assert isinstance(load_gpt(str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")),
                       torch.nn.Module)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import cosine_with_warmup
-from model.sample import generate, sample_text
+from model.sample import generate, next_token_distribution, sample_text
 from tasks.tokenize import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -92,11 +92,11 @@ class EndsAfterThree(torch.nn.Module):
 
     def __init__(self, gpt):
         super().__init__()
-        self.gpt, self.config = gpt, gpt.config
+        self.gpt, self.config, self.new_cache = gpt, gpt.config, gpt.new_cache
 
-    def forward(self, ids):
-        logits = self.gpt(ids)
-        if ids.shape[1] >= 5:
+    def forward(self, ids, cache=None):
+        logits = self.gpt(ids, cache)
+        if cache.length >= 5:
             logits[..., EOT] += 1e4
         return logits
 
@@ -145,3 +145,38 @@ def test_to_hf_round_trip(gpt, tmp_path):
     ids = torch.randint(0, 50257, (1, 40))
     assert torch.allclose(gpt(ids), hf(ids).logits, atol=1e-4)
     assert torch.allclose(GPT.from_hf(str(tmp_path))(ids), gpt(ids), atol=1e-5)
+
+
+def naive_greedy(model, ids, n):
+    """Greedy decoding without a cache: the whole sequence through the model for every token."""
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
+def test_kv_cache_decoding_equals_full_recomputation(gpt):
+    ids = torch.randint(0, 50257, (2, 7))
+    assert torch.equal(generate(gpt, ids, 30, temperature=0), naive_greedy(gpt, ids, 30))
+
+
+def test_generation_past_the_context_keeps_going(gpt):
+    out = generate(gpt, torch.randint(0, 50257, (1, 60)), 40, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 100)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    probs = next_token_distribution(logits, torch.zeros(1, 0, dtype=torch.long), 1.0, None, 0.75, 1.0)
+    assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+
+
+def test_repetition_penalty_lowers_tokens_already_used():
+    logits = torch.tensor([[2.0, 2.0, -1.0, -1.0]])
+    probs = next_token_distribution(logits, torch.tensor([[0, 2]]), 1.0, None, None, 2.0)
+    assert probs[0, 0] < probs[0, 1] and probs[0, 2] < probs[0, 3]
+
+
+def test_streaming_delivers_the_same_text(gpt):
+    pieces = []
+    text = sample_text(gpt, "Über café", max_new_tokens=25, seed=1, stream=pieces.append)
+    assert "".join(pieces) == text
