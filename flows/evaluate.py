@@ -9,17 +9,43 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import CONF_DIR, cached, checkpoint_path, to_dict, token_dir
+from model.benchmarks import results_table
 from tasks.evaluate import evaluate_task
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(cfg: dict[str, Any]) -> dict[str, float]:
-    """Perplexity of `cfg.checkpoint` (default: the last of `run_name`) on the val split."""
-    metrics = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"])
-    table = "| metric | value |\n|---|---:|\n" + "\n".join(f"| {k} | {v:,.3f} |" for k, v in metrics.items())
+def evaluate_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
+    result = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"])
+    table = evaluation_markdown(result, cfg["model"]["name"])
     create_markdown_artifact(table, key="evaluation", description="Zero-shot evaluation")
+    log_evaluation(result, table, cfg)
     print(table)
-    return metrics
+    return result
+
+
+def evaluation_markdown(result: dict[str, Any], model_name: str) -> str:
+    val = result["val"]
+    text = f"Val perplexity: {val['val/perplexity']:.2f} over {val['val/tokens']:,.0f} tokens\n\n"
+    if result["benchmarks"]:
+        text += results_table(result["benchmarks"], model_name) + "\n\n"
+        text += "8-gram overlap with the training corpus: " + ", ".join(
+            f"{k} {v:.2f}%" for k, v in result["contamination"].items()) + "\n"
+    return text
+
+
+def log_evaluation(result: dict[str, Any], table: str, cfg: dict[str, Any]) -> None:
+    """The metrics and the table as a W&B run of job type "evaluate"."""
+    logger = cfg["logger"]
+    if not logger["enabled"]:
+        return
+    import wandb
+
+    with wandb.init(project=logger["project"], name=f"eval-{cfg['run_name']}", job_type="evaluate",
+                    dir=logger["save_dir"], mode=logger["mode"], group=cfg["model"]["name"]) as run:
+        run.log({**result["val"], **{f"eval/{b}/{m}": v for b, ms in result["benchmarks"].items() for m, v in ms.items()},
+                 **{f"contamination/{k}": v for k, v in result["contamination"].items()}})
+        run.summary["evaluation_table"] = table
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -19,7 +19,8 @@ def summary(corpus: dict[str, Any], metrics: dict[str, float], texts: list[str])
     """What a demo run shows at the end: the funnel, the val perplexity and the sample."""
     lines = ["", "=" * 72, "Corpus funnel:"]
     lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"])]
-    lines += [f"Val perplexity: {metrics['val/perplexity']:.2f} (over {metrics['val/tokens']:,.0f} tokens)",
+    val = metrics["val"]
+    lines += [f"Val perplexity: {val['val/perplexity']:.2f} (over {val['val/tokens']:,.0f} tokens)",
               "Sample:", *texts, "=" * 72]
     return "\n".join(lines)
 

@@ -97,7 +97,7 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
 
 def test_evaluate_and_generate_read_the_checkpoint(demo):
     cfg, _ = demo
-    metrics = evaluate_flow(cfg)
+    metrics = evaluate_flow(cfg)["val"]
     assert 1 < metrics["val/perplexity"] < 1000 and metrics["val/tokens"] > 1000
     texts = generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 2})
     assert len(texts) == 2 and texts[0] != texts[1]
@@ -105,6 +105,19 @@ def test_evaluate_and_generate_read_the_checkpoint(demo):
     assert generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 1}) == texts[:1]  # seeded
     assert isinstance(load_gpt(str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")),
                       torch.nn.Module)
+
+
+def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
+    cfg, _ = demo
+    (tmp_path / "wiki.test.raw").write_text(" = Recycling = \n The council said that plastic bottles were sorted . \n")
+    (tmp_path / "lambada.jsonl").write_text(json.dumps({"text": "The budget for food waste rose to five million"}))
+    eval_cfg = {**cfg["eval"], "benchmarks_dir": str(tmp_path),
+                "benchmarks": {"wikitext2": "wiki.test.raw", "lambada": "lambada.jsonl", "ptb": "missing.txt"}}
+    result = evaluate_flow({**cfg, "eval": eval_cfg, "refresh": True})
+    assert set(result["benchmarks"]) == {"wikitext2", "lambada"}  # ptb's file is absent: skipped
+    assert result["benchmarks"]["wikitext2"]["perplexity"] > 1
+    assert 0 <= result["benchmarks"]["lambada"]["accuracy"] <= 100
+    assert set(result["contamination"]) == {"wikitext2", "lambada"}
 
 
 @pytest.mark.slow
