@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import CONF_DIR, cached, to_dict, token_dir
 from sample.web import serve_sample_web
+from tasks.contamination import decontaminate_task
 from tasks.dedup import dedup_task
 from tasks.extract import extract_task
 from tasks.fetch import fetch_task
@@ -44,8 +45,13 @@ def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
     english = cached(language_task, cfg)(texts["path"], str(work / "english.jsonl.zst"), c["language"])
     unique = cached(dedup_task, cfg)(english["path"], str(work / "unique.jsonl.zst"), c["dedup"],
                                      c["dedup"]["index_path"])
-    stages = {k: v for k, v in dict(urls=urls, fetch=pages, extract=texts, language=english, dedup=unique).items() if v}
-    stages["tokenize"] = cached(tokenize_task, cfg)(unique["path"], str(token_dir(cfg)), c["tokenize"],
+    clean = None
+    if c["decontaminate"]["enabled"]:  # drop documents that overlap the evaluation sets
+        clean = cached(decontaminate_task, cfg)(unique["path"], str(work / "decontaminated.jsonl.zst"), cfg["eval"],
+                                                c["decontaminate"]["max_overlap"])
+    stages = {k: v for k, v in dict(urls=urls, fetch=pages, extract=texts, language=english, dedup=unique,
+                                    decontaminate=clean).items() if v}
+    stages["tokenize"] = cached(tokenize_task, cfg)((clean or unique)["path"], str(token_dir(cfg)), c["tokenize"],
                                                     merge_stats(*stages.values()))
     stats, sizes = merge_stats(*stages.values()), output_sizes(stages)
     report = write_report(stats, sizes, Path(c["out_dir"]))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import xxhash
+from prefect import task
 from rbloom import Bloom
 
-from tasks.document import Document
+from tasks.caching import FilesAndCode
+from tasks.document import Document, read_documents, write_documents
 
 
 def _stable_hash(item: str) -> int:
@@ -44,3 +48,16 @@ def drop_contaminated(docs: Iterable[Document], eval_filter: Bloom, max_overlap:
             stats["contamination/dropped"] = stats.get("contamination/dropped", 0) + 1
         else:
             yield doc
+
+
+@task(name="decontaminate", cache_policy=FilesAndCode(files=("docs_path",)))
+def decontaminate_task(docs_path: str, out: str, eval_cfg: dict[str, Any], max_overlap: float) -> dict[str, Any]:
+    """Drop the training documents of `docs_path` that share more than `max_overlap` of their
+    8-grams with the evaluation sets found under `eval_cfg.benchmarks_dir`."""
+    from tasks.evaluate import available_benchmarks, benchmark_text
+
+    texts = [benchmark_text(b) for b in available_benchmarks(eval_cfg)]
+    eval_filter = ngram_filter(texts, expected=sum(len(t.split()) for t in texts))
+    stats: dict[str, int] = {}
+    write_documents(Path(out), drop_contaminated(read_documents(Path(docs_path)), eval_filter, max_overlap, stats))
+    return {"path": out, "stats": stats}

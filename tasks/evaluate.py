@@ -45,12 +45,16 @@ def available_benchmarks(cfg: dict[str, Any]) -> list[Benchmark]:
     return found
 
 
+def benchmark_text(bench: Benchmark) -> str:
+    """All the text of a benchmark: its body, or its examples' contexts and targets."""
+    return bench.text or "\n".join(" ".join(map(str, example[:2])) for example in bench.examples)
+
+
 def contamination(data_dir: str, benchmarks: list[Benchmark]) -> dict[str, float]:
     """Percent of each benchmark's 8-grams that occur in the training documents."""
     docs = [d.text for d in read_documents(Path(data_dir) / "documents.jsonl.zst")]
     bloom = ngram_filter(docs, expected=sum(len(t.split()) for t in docs))
-    texts = {b.name: b.text or " ".join(" ".join(map(str, e[:2])) for e in b.examples) for b in benchmarks}
-    return {name: 100 * overlap(bloom, text) for name, text in texts.items()}
+    return {b.name: 100 * overlap(bloom, benchmark_text(b)) for b in benchmarks}
 
 
 @task(name="evaluate", cache_policy=FilesAndCode(files=("checkpoint", "data_dir")))

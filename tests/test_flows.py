@@ -120,6 +120,21 @@ def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
     assert set(result["contamination"]) == {"wikitext2", "lambada"}
 
 
+def test_decontamination_drops_documents_that_overlap_an_eval_set(demo, tmp_path):
+    from flows.common import load_config
+    from tasks.document import read_documents
+
+    cfg, _ = demo
+    docs = list(read_documents(Path(cfg["corpus"]["out_dir"]) / "tokens" / "documents.jsonl.zst"))
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "wiki.test.raw").write_text(docs[3].text)  # an eval set that leaked into training
+    clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.decontaminate.enabled=true", "logger=none",
+                             f"eval.benchmarks_dir={tmp_path / 'bench'}"])
+    clean_cfg["eval"]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
+    result = corpus_flow(clean_cfg)
+    assert result["stats"]["contamination/dropped"] == 1 and result["stats"]["tokenize/kept"] == len(docs) - 1
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """What `make demo` runs, with a shorter training, in a fresh process."""
