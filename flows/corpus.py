@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import CONF_DIR, cached, to_dict, token_dir
+from flows.common import CONF_DIR, cached, load_config, to_dict, token_dir
 from sample.web import serve_sample_web
 from tasks.contamination import decontaminate_task
 from tasks.dedup import dedup_task
@@ -32,11 +32,12 @@ def crawl(cfg: dict[str, Any], work: Path) -> tuple[dict[str, Any], dict[str, An
 
 
 @flow(name="corpus", log_prints=True)
-def corpus_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
 
     With `corpus.source=warc` the pages come from `corpus.warc_files` (e.g. Common Crawl) instead.
     """
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     c = cfg["corpus"]
     work = Path(c["out_dir"]) / "stages"
     urls, pages = crawl(cfg, work) if c["source"] == "fetch" else (None, None)

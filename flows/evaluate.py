@@ -8,14 +8,15 @@ from omegaconf import DictConfig
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import CONF_DIR, cached, checkpoint_path, to_dict, token_dir
+from flows.common import CONF_DIR, cached, checkpoint_path, load_config, to_dict, token_dir
 from model.benchmarks import results_table
 from tasks.evaluate import evaluate_task
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+def evaluate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     result = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"])
     table = evaluation_markdown(result, cfg["model"]["name"])
     create_markdown_artifact(table, key="evaluation", description="Zero-shot evaluation")

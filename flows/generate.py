@@ -7,13 +7,14 @@ import hydra
 from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, checkpoint_path, to_dict
+from flows.common import CONF_DIR, checkpoint_path, load_config, to_dict
 from tasks.generate import generate_task
 
 
 @flow(name="generate")
-def generate_flow(cfg: dict[str, Any]) -> list[str]:
+def generate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> list[str]:
     """Continuations of `cfg.prompt` from `cfg.checkpoint` (default: the last of `run_name`), streamed."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     return generate_task(checkpoint_path(cfg), cfg)
 
 

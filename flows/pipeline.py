@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, to_dict
+from flows.common import CONF_DIR, load_config, to_dict
 from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -26,8 +26,9 @@ def summary(corpus: dict[str, Any], metrics: dict[str, float], texts: list[str])
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Build the corpus, train on it, evaluate the checkpoint and sample from it."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     corpus = corpus_flow(cfg)
     trained = train_flow(cfg)
     metrics = evaluate_flow(cfg)

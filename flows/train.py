@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, cached, checkpoint_path, to_dict, token_dir
+from flows.common import CONF_DIR, cached, checkpoint_path, load_config, to_dict, token_dir
 from flows.corpus import corpus_flow
 from tasks.train import train_task
 
@@ -22,8 +22,9 @@ def corpus_dir(cfg: dict[str, Any]) -> str:
 
 
 @flow(name="train", log_prints=True)
-def train_flow(cfg: dict[str, Any]) -> dict[str, Any]:
+def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
     result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(Path(checkpoint_path(cfg)).parent))
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")

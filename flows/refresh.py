@@ -1,0 +1,85 @@
+"""Incremental corpus refresh: process only the dump months not seen before, fetch only unseen URLs,
+dedup against everything already kept, and publish a new corpus version beside the old ones.
+
+Layout under `corpus.out_dir`: versions/vNNNN/ holds each refresh's stages and shards;
+tokens/manifest.json is the latest version (all shards so far) and tokens/manifest-vNNNN.json
+every earlier one, so a run trained on an older version stays reproducible.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from prefect import flow, get_run_logger
+
+from flows.common import CONF_DIR, load_config, to_dict, token_dir
+from flows.corpus import corpus_flow
+
+DUMP_SUFFIXES = (".zst", ".xz", ".bz2", ".ndjson", ".jsonl")
+
+
+def new_dumps(dumps_dir: Path, pattern: str, processed: list[str]) -> list[Path]:
+    """Dump files in `dumps_dir` matching `pattern` that no earlier refresh processed, oldest first."""
+    return sorted(p for p in dumps_dir.glob(pattern) if p.suffix in DUMP_SUFFIXES and p.name not in processed)
+
+
+def version_config(cfg: dict[str, Any], dumps: list[Path], version: int) -> dict[str, Any]:
+    """The corpus config of one refresh: its own folder, the shared URL store and dedup index."""
+    vcfg = copy.deepcopy(cfg)
+    c = vcfg["corpus"]
+    c["dumps"] = [str(p) for p in dumps]
+    c["out_dir"] = str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{version:04d}")
+    return vcfg
+
+
+def merged_manifest(root: Path, versions: list[int]) -> dict[str, Any]:
+    """A token manifest listing the shards of every given version, relative to root/tokens."""
+    splits: dict[str, list] = {"train": [], "val": []}
+    for v in versions:
+        manifest = json.loads((root / "versions" / f"v{v:04d}" / "tokens" / "manifest.json").read_text())
+        for split, shards in manifest["splits"].items():
+            splits[split] += [{**s, "bin": f"../versions/v{v:04d}/tokens/{s['bin']}"} for s in shards]
+    return {"version": versions[-1], "splits": splits, "tokenizer": "gpt2", "dtype": "uint16"}
+
+
+@flow(name="corpus-refresh", log_prints=True)
+def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Add the new dump months in `corpus.refresh.dumps_dir` to the corpus as a new version."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+    root = Path(cfg["corpus"]["out_dir"])
+    state_file = root / "refresh.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"processed": [], "versions": []}
+    dumps = new_dumps(Path(cfg["corpus"]["refresh"]["dumps_dir"]), cfg["corpus"]["refresh"]["pattern"],
+                      state["processed"])
+    if not dumps:
+        get_run_logger().info("no new dumps in %s: nothing to do", cfg["corpus"]["refresh"]["dumps_dir"])
+        return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
+    version = (state["versions"][-1] if state["versions"] else 0) + 1
+    vcfg = version_config(cfg, dumps, version)
+    # the URL store and the dedup index are the whole corpus's, not one version's
+    vcfg["corpus"]["seen_urls_db"] = cfg["corpus"]["seen_urls_db"]
+    vcfg["corpus"]["dedup"]["index_path"] = cfg["corpus"]["dedup"]["index_path"]
+    vcfg["corpus"]["name"] = f"{cfg['corpus']['name']}-v{version:04d}"
+    result = corpus_flow(vcfg)
+    tokens = token_dir(cfg)
+    tokens.mkdir(parents=True, exist_ok=True)
+    if (tokens / "manifest.json").exists():
+        previous = json.loads((tokens / "manifest.json").read_text()).get("version", 0)
+        (tokens / "manifest.json").rename(tokens / f"manifest-v{previous:04d}.json")
+    (tokens / "manifest.json").write_text(json.dumps(merged_manifest(root, state["versions"] + [version]), indent=2))
+    state = {"processed": state["processed"] + [p.name for p in dumps], "versions": state["versions"] + [version]}
+    state_file.write_text(json.dumps(state, indent=2))
+    return {"new_dumps": [p.name for p in dumps], "version": version, "stats": result["stats"]}
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    refresh_flow(to_dict(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Incremental refresh: new months only, no URL fetched twice, dedup against the whole corpus, versions kept."""
+import json
+from pathlib import Path
+
+import zstandard
+
+from flows.common import load_config
+from flows.refresh import refresh_flow
+from model.data import load_split
+from sample.build import DUMP
+
+
+def write_month(folder: Path, name: str, lines: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+
+
+def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
+    lines = zstandard.ZstdDecompressor().decompress(DUMP.read_bytes(), max_output_size=10**8).decode().splitlines()
+    dumps = tmp_path / "dumps"
+    cfg = load_config([f"paths.data={tmp_path}", "logger=none"])
+    write_month(dumps, "RS_2019-01.zst", lines[:40])
+
+    first = refresh_flow(cfg)
+    assert first["new_dumps"] == ["RS_2019-01.zst"] and first["version"] == 1
+    v1_train = len(load_split(tmp_path / "corpus" / "demo" / "tokens", "train"))
+
+    # February repeats four of January's links and brings the rest
+    write_month(dumps, "RS_2019-02.zst", lines[36:])
+    second = refresh_flow(cfg)
+    assert second["new_dumps"] == ["RS_2019-02.zst"] and second["version"] == 2
+    assert second["stats"]["urls/dropped_seen_before"] >= 1
+    fetched = first["stats"]["fetch/ok"] + second["stats"]["fetch/ok"]
+    assert fetched == 56  # every page of the sample web exactly once over both months
+
+    tokens = tmp_path / "corpus" / "demo" / "tokens"
+    assert len(load_split(tokens, "train")) > v1_train
+    old = json.loads((tokens / "manifest-v0001.json").read_text())
+    assert all((tokens / s["bin"]).exists() for s in old["splits"]["train"])  # version 1 stays readable
+    assert json.loads((tokens / "manifest.json").read_text())["version"] == 2
+
+    third = refresh_flow(cfg)
+    assert third == {"new_dumps": [], "version": 2}  # nothing new: no work
