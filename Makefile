@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train clean
+.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ eval: $(STAMP)  ## perplexity of a checkpoint on the corpus val split
 generate: $(STAMP)  ## sample text from a checkpoint
 	$(PY) -m flows.generate $(ARGS)
 
+refresh: $(STAMP)  ## add new dump months (corpus.refresh.dumps_dir) to the corpus as a new version
+	$(PY) -m flows.refresh $(ARGS)
+
 export: $(STAMP)  ## write a checkpoint (Lightning or DeepSpeed ZeRO) as a transformers GPT-2 folder
 	$(PY) -m flows.export $(ARGS)
 
@@ -59,6 +62,28 @@ bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/
 
 sample: $(STAMP)  ## regenerate the bundled sample web and dump under sample/
 	$(PY) -m sample.build
+
+SERVE_DIR    := .prefect-serve
+PREFECT_PORT ?= 4200
+SERVE_ENV    := PREFECT_HOME=$(CURDIR)/$(SERVE_DIR) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+
+serve: $(STAMP)  ## start a local Prefect server (SQLite) and a process worker; register prefect.yaml's deployments
+	@mkdir -p $(SERVE_DIR)
+	@test ! -f $(SERVE_DIR)/server.pid || { echo "already serving (make stop first)"; exit 1; }
+	$(SERVE_ENV) nohup $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
+		> $(SERVE_DIR)/server.log 2>&1 & echo $$! > $(SERVE_DIR)/server.pid
+	@for i in $$(seq 90); do curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done
+	$(SERVE_ENV) $(VENV)/bin/prefect work-pool create opengpt2 --type process --overwrite > /dev/null
+	$(SERVE_ENV) $(VENV)/bin/prefect --no-prompt deploy --all
+	$(SERVE_ENV) nohup $(VENV)/bin/prefect worker start --pool opengpt2 \
+		> $(SERVE_DIR)/worker.log 2>&1 & echo $$! > $(SERVE_DIR)/worker.pid
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (logs in $(SERVE_DIR)/, stop with make stop)"
+
+stop:  ## stop the server and worker that `make serve` started
+	@for name in worker server; do \
+		f=$(SERVE_DIR)/$$name.pid; [ -f $$f ] || continue; pid=$$(cat $$f); kill $$pid 2>/dev/null; \
+		for i in $$(seq 10); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+		kill -9 $$pid 2>/dev/null; rm -f $$f; echo "stopped $$name ($$pid)"; done
 
 clean:  ## remove generated data, runs and caches (keeps .venv)
 	rm -rf data outputs wandb .pytest_cache

@@ -84,6 +84,8 @@ def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[tuple[st
     """(dump name, record) for each JSON record of the dumps; corrupt lines and truncated files are
     counted (in total and per dump), logged and skipped, and the records before the damage are kept."""
     for path in paths:
+        if not path.is_file():  # a wrong setting, not damaged input: stop and say so
+            raise FileNotFoundError(f"dump {path} does not exist: check corpus.dumps")
         try:
             with open_dump(path) as stream:
                 for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), 1):

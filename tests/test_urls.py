@@ -123,3 +123,8 @@ def test_seen_urls_persist_across_runs(tmp_path):
     assert run(june)[0] == [f"https://example.com/{i}" for i in range(3)]  # the same dump again: same URLs
     urls, stats = run(july)
     assert urls == ["https://example.com/3", "https://example.com/4"] and stats["urls/dropped_seen_before"] == 1
+
+
+def test_missing_dump_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="check corpus.dumps"):
+        list(read_submissions([tmp_path / "RS_missing.zst"], Counter()))
