@@ -35,6 +35,20 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
                              refresh_cache=cfg["refresh"])
 
 
+def task_runner(cfg: dict[str, Any]):
+    """The Prefect task runner that `cfg.runner` names: local threads, or a Dask cluster."""
+    runner = cfg["runner"]
+    if runner["type"] == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if runner["address"]:
+            return DaskTaskRunner(address=runner["address"])
+        return DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=runner["max_workers"])
+
+
 def token_dir(cfg: dict[str, Any]) -> Path:
     """Where the corpus flow writes the token shards and manifest."""
     return Path(cfg["corpus"]["out_dir"]) / "tokens"

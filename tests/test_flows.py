@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
 from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
@@ -29,11 +29,14 @@ def wandb_history(run_dir: Path) -> list[dict]:
 
 
 def task_states(flow_state) -> dict[str, str]:
-    """Task name -> final state name for one flow run, as the Prefect API reports them."""
+    """Task name -> final state name for one flow run and its subflows, as the Prefect API reports them."""
     flow_run_id = flow_state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *(run.id for run in subflows)]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs if not run.name.startswith("build-corpus")}
 
 
 @pytest.fixture(scope="module")
