@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train bench-generate serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (new
 
 bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/gpu.sh for the anchors beside it)
 	$(PY) -m bench.train $(ARGS)
+
+bench-generate: $(STAMP)  ## decoding tokens/s beside transformers' generate (same weights, batch 1, 256 tokens)
+	$(PY) -m bench.generate $(ARGS)
 
 sample: $(STAMP)  ## regenerate the bundled sample web and dump under sample/
 	$(PY) -m sample.build

@@ -12,3 +12,4 @@ python3 -m bench.train model=gpt2 trainer=deepspeed_zero1
 python3 -m bench.train model=gpt2-xl trainer=deepspeed_zero2 trainer.batch_size=8 trainer.activation_checkpointing=true  # goal: MFU >= 0.45
 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m bench.train memory_cap_gib=24 model=gpt2-xl \
   trainer=deepspeed_zero3_offload trainer.batch_size=4 trainer.max_steps=12   # gpt2-xl within 24 GiB
+python3 -m bench.generate model=gpt2 new_tokens=256                # goal: >= 10x HF generate
