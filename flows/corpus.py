@@ -43,13 +43,19 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     The stages run on the task runner that `cfg.runner` picks (local threads or Dask).
     """
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
-    return build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
+    stages = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
+    stats, sizes = merge_stats(*stages.values()), output_sizes(stages)
+    report = write_report(stats, sizes, Path(cfg["corpus"]["out_dir"]))
+    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}")
+    create_markdown_artifact(funnel_markdown(stats, sizes), key="corpus-funnel", description="Corpus funnel")
+    print(funnel_markdown(stats, sizes))
+    return {"data_dir": stages["tokenize"]["path"], "stats": stats, "report": report}
 
 
 @flow(name="build-corpus", log_prints=True)
-def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The stages, in order. With `corpus.source=warc` the pages come from `corpus.warc_files`
-    (e.g. Common Crawl) instead of dumps and fetching."""
+def build_corpus(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The stages, in order; returns each stage's output path and counters. With
+    `corpus.source=warc` the pages come from `corpus.warc_files` (e.g. Common Crawl) instead."""
     c = cfg["corpus"]
     work = Path(c["out_dir"]) / "stages"
     urls, pages = crawl(cfg, work) if c["source"] == "fetch" else (None, None)
@@ -65,12 +71,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
                                     decontaminate=clean).items() if v}
     stages["tokenize"] = run(tokenize_task, cfg, (clean or unique)["path"], str(token_dir(cfg)), c["tokenize"],
                              merge_stats(*stages.values()))
-    stats, sizes = merge_stats(*stages.values()), output_sizes(stages)
-    report = write_report(stats, sizes, Path(c["out_dir"]))
-    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{c['name']}")
-    create_markdown_artifact(funnel_markdown(stats, sizes), key="corpus-funnel", description="Corpus funnel")
-    print(funnel_markdown(stats, sizes))
-    return {"data_dir": stages["tokenize"]["path"], "stats": stats, "report": report}
+    return stages
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
