@@ -46,7 +46,8 @@ def demo(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data")
     cfg = load_config([f"paths.data={data}", "trainer.max_steps=40", "trainer.val_check_interval=20",
-                       "trainer.checkpoint_every_n_steps=20"])
+                       "trainer.checkpoint_every_n_steps=20", "trainer.sample_every_n_steps=20",
+                       "trainer.peak_flops=1e12"])
     state = corpus_flow(cfg, return_state=True)
     return cfg, state
 
@@ -96,6 +97,9 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     assert len(losses) >= 3 and losses[-1] < losses[0] - 1.0
     assert len(perplexities) == 2 and perplexities[-1] < perplexities[0]
     assert Path(result["checkpoint"]).exists()
+    logged = {k for row in rows for k in row}
+    assert {"lr", "grad_norm", "perf/tokens_per_s", "perf/tokens_seen", "perf/mfu"} <= logged
+    assert [r["samples._type"] for r in rows if "samples._type" in r] == ["table-file"] * 2  # steps 20 and 40
 
 
 def test_evaluate_and_generate_read_the_checkpoint(demo):
