@@ -19,7 +19,8 @@ from sample.web import WEB_ROOT
 from tasks.dedup import near_duplicates
 from tasks.document import Document
 from tasks.extract import extract, shingle_scores
-from tasks.tokenize import gpt2_encoding, tokenize_documents
+from model.bpe import gpt2_encoding
+from tasks.tokenize import tokenize_documents
 
 SHARED_PAGES = REPO.parent / "shared" / "data" / "article-pages"
 

@@ -5,6 +5,8 @@
 # then run `bash bench/gpu.sh` there with carry=[".whl", ".anchor"].
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# the benchmarks import only the training stack (no Prefect, tiktoken or corpus libraries)
+python3 -c "import bench.train, bench.generate" || exit 1
 python3 .anchor/gpu_anchor.py                                    # plain compiled PyTorch loop, HF, HF generate
 python3 .anchor/lightning_ds.py                                  # naive Lightning + DeepSpeed ZeRO-2
 python3 -m bench.train model=gpt2 trainer=deepspeed_zero2        # goal: >= 1.1x own_compiled_124M

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from flows.common import load_config
 from model.data import RandomWindows
 from model.lit import GPTLightning
-from tasks.train import accumulation, make_trainer
+from model.train import accumulation, make_trainer
 
 WARMUP_STEPS = 8
 

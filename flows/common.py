@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from prefect import Task
+
+if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
+    from prefect import Task
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")

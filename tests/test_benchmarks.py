@@ -10,7 +10,7 @@ from model.benchmarks import (LOADERS, cbt_accuracy, detokenize_1bw, detokenize_
                               lambada_scores, normalised, results_table, score, word_count)
 from tasks.contamination import drop_contaminated, ngram_filter, overlap
 from tasks.document import Document
-from tasks.tokenize import gpt2_encoding
+from model.bpe import gpt2_encoding
 
 WIKITEXT = """ 
  = Valkyria Chronicles III = 

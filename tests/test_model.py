@@ -8,7 +8,7 @@ from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import cosine_with_warmup
 from model.sample import generate, next_token_distribution, sample_text
-from tasks.tokenize import EOT
+from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
 

@@ -11,7 +11,7 @@ from flows.common import load_config
 from model.lit import GPTLightning, load_gpt
 from tasks.document import url_id
 from tasks.tokenize import ShardWriter
-from tasks.train import accumulation, deepspeed_config, fit, make_strategy
+from model.train import accumulation, deepspeed_config, fit, make_strategy
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ class NanAtStep5(GPTLightning):
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_a_good_checkpoint(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.train.GPTLightning", NanAtStep5)
+    monkeypatch.setattr("model.train.GPTLightning", NanAtStep5)
     with pytest.raises(FloatingPointError, match="became nan at step 5"):
         fit(train_cfg("trainer.max_steps=20"), shards, str(tmp_path))
     saved = torch.load(tmp_path / "before-nonfinite.ckpt", weights_only=False)
