@@ -104,6 +104,9 @@ class NearDuplicateIndex:
         minimum of each bin is its first element. An empty bin borrows the next non-empty bin's
         minimum (rotation densification). Two sets agree in a bin about as often as their Jaccard.
         """
+        if not grams.size:  # an empty document: the "empty set" sketch
+            self.carrier.hashvalues = np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint32)
+            return self.carrier
         k = np.uint64(self.num_perm)
         bins = ((grams >> np.uint64(32)) * k) >> np.uint64(32)
         first = np.searchsorted(bins, np.arange(self.num_perm, dtype=np.uint64))

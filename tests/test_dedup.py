@@ -66,6 +66,10 @@ def test_drop_near_duplicates_counts():
     assert [d.id for d in kept] == ["a"] and stats == Counter({"dedup/dropped": 1, "dedup/kept": 1})
 
 
+def test_empty_and_tiny_documents_do_not_break_the_index():
+    assert near_duplicates([("a", ""), ("b", "   "), ("c", "hello"), ("d", "hello"), ("e", story(5))]) == ["b", "d"]
+
+
 def test_shingles_are_lowercased_word_5grams():
     assert shingle_hashes("A b c d e F").size == 2
     assert (shingle_hashes("A b c d e F") == shingle_hashes("a B c D e f")).all()
