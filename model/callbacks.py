@@ -17,6 +17,11 @@ class Throughput(pl.Callback):
         self.tokens_per_step, self.peak_flops = tokens_per_step, peak_flops
         self.last: float | None = None
 
+    def on_train_start(self, trainer, module) -> None:
+        c = module.model.config
+        # training FLOPs per token: 6 per parameter plus attention's 12 * layers * width * context
+        self.flops_per_token = 6 * sum(p.numel() for p in module.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: no optimizer step yet
@@ -27,9 +32,7 @@ class Throughput(pl.Callback):
             tokens_per_s = self.tokens_per_step / (now - self.last)
             metrics = {"perf/tokens_per_s": tokens_per_s, "perf/tokens_seen": float(trainer.global_step * self.tokens_per_step)}
             if self.peak_flops:
-                c = module.model.config
-                flops_per_token = 6 * sum(p.numel() for p in module.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
-                metrics["perf/mfu"] = tokens_per_s * flops_per_token / (self.peak_flops * trainer.world_size)
+                metrics["perf/mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * trainer.world_size)
             module.log_dict(metrics)
         self.last = now
 
