@@ -57,14 +57,12 @@ def main(args: list[str]) -> None:
     steps = tr["max_steps"] - WARMUP_STEPS
     tokens_per_s = steps * tr["batch_size"] * block * accumulation(tr, block) / timer.seconds
     n_params = sum(p.numel() for p in module.parameters())
-    c = module.model.config
     result = {"name": f"opengpt2_{cfg['model']['name']}_{tr['strategy']}", "tok_per_s": round(tokens_per_s),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "B": tr["batch_size"], "T": block, "params_M": round(n_params / 1e6, 1),
               "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None}
     if tr["peak_flops"]:
-        flops = 6 * n_params + 12 * c.n_layer * c.n_embd * c.block_size
-        result["mfu"] = round(tokens_per_s * flops / tr["peak_flops"], 3)
+        result["mfu"] = round(tokens_per_s * module.model.flops_per_token() / tr["peak_flops"], 3)
     print(json.dumps(result), flush=True)
 
 

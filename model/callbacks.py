@@ -18,9 +18,7 @@ class Throughput(pl.Callback):
         self.last: float | None = None
 
     def on_train_start(self, trainer, module) -> None:
-        c = module.model.config
-        # training FLOPs per token: 6 per parameter plus attention's 12 * layers * width * context
-        self.flops_per_token = 6 * sum(p.numel() for p in module.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
+        self.flops_per_token = module.model.flops_per_token()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:

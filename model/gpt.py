@@ -124,6 +124,11 @@ class GPT(nn.Module):
         """Parameters, counting the tied embedding once and leaving out positions, as GPT-2's sizes do."""
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 per parameter, plus attention's 12 * layers * width * context."""
+        c = self.config
+        return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
+
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.block_size, p.device, p.dtype)
