@@ -20,7 +20,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 .PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train bench-generate serve stop refresh clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (a no-op when up to date)
 
@@ -42,7 +42,7 @@ corpus: $(STAMP)  ## build the token corpus (default: the bundled sample)
 train: $(STAMP)  ## train GPT-2 with Lightning (default: gpt2-tiny on CPU)
 	$(PY) -m flows.train $(ARGS)
 
-eval: $(STAMP)  ## perplexity of a checkpoint on the corpus val split
+eval: $(STAMP)  ## val perplexity of a checkpoint, and the GPT-2 paper's benchmarks found under eval.benchmarks_dir
 	$(PY) -m flows.evaluate $(ARGS)
 
 generate: $(STAMP)  ## sample text from a checkpoint
