@@ -31,16 +31,36 @@ class GPTConfig:
 
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, so that decoding a token costs one
-    position instead of the whole context. Preallocated to `max_len` positions."""
+    position instead of the whole context. Preallocated to `max_len` positions.
+
+    After `make_static()`, one token at a time is written at a position held in a tensor and
+    attention runs over the whole buffer with a mask: every shape stays fixed, so the decode
+    step can be captured once by torch.compile / CUDA graphs.
+    """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.static = False
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_len, device=device)
+
+    def make_static(self) -> None:
+        self.static = True
+        self.position.fill_(self.length)
+
+    def visible(self) -> torch.Tensor | None:
+        """In static mode, the mask of the positions written so far (None otherwise)."""
+        return (self.slots <= self.position)[None, None, None, :] if self.static else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k and v; returns k and v for every position so far."""
+        if self.static:
+            self.k[layer].index_copy_(2, self.position, k)
+            self.v[layer].index_copy_(2, self.position, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
@@ -61,12 +81,14 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        mask = None
         if cache is not None:
-            if cache.length and T > 1:
+            if (cache.length or cache.static) and T > 1:
                 raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
             k, v = cache.update(self.layer, k, v)
+            mask = cache.visible()
         # one new token may attend to every cached one; a whole sequence needs the causal mask
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
@@ -138,14 +160,16 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        pos = cache.position if cache is not None and cache.static else torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
             if self.config.activation_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, cache)
-        if cache is not None:
+        if cache is not None and cache.static:
+            cache.position += 1  # in place: the captured graph sees the new position next time
+        elif cache is not None:
             cache.length += T
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]

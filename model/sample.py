@@ -33,15 +33,25 @@ def next_token_distribution(logits: torch.Tensor, ids: torch.Tensor, temperature
 def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
              generator: torch.Generator | None = None,
-             on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+             on_token: Callable[[torch.Tensor], None] | None = None, compile: bool = False) -> torch.Tensor:
     """Extend (B, T) token ids by up to `max_new_tokens`, stopping once every row emitted <|endoftext|>.
 
     `temperature=0` is greedy. When the context fills up, the cache is rebuilt from its last half.
+    `compile=True` decodes with a fixed-shape cache under torch.compile (CUDA graphs on a GPU),
+    because one decode step is too small to keep a GPU busy launch by launch.
     """
     model.eval()
     block = model.config.block_size
-    cache = model.new_cache(ids.shape[0])
-    logits = model(ids[:, -block:], cache)[:, -1, :].float()
+    step = torch.compile(model, mode="reduce-overhead", fullgraph=True) if compile else model
+
+    def prefill(context: torch.Tensor):
+        cache = model.new_cache(context.shape[0])
+        logits = model(context, cache)[:, -1, :].float()
+        if compile:
+            cache.make_static()
+        return cache, logits, context.shape[1]
+
+    cache, logits, length = prefill(ids[:, -block:])
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         if temperature == 0:
@@ -56,17 +66,16 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
         done |= nxt.squeeze(1) == EOT
         if done.all():
             break
-        if cache.length == block:
-            cache = model.new_cache(ids.shape[0])
-            logits = model(ids[:, -block // 2:], cache)[:, -1, :].float()
+        if length == block:
+            cache, logits, length = prefill(ids[:, -block // 2:])
         else:
-            logits = model(nxt, cache)[:, -1, :].float()
+            logits, length = step(nxt, cache)[:, -1, :].float(), length + 1
     return ids
 
 
 def sample_text(model: torch.nn.Module, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,
                 top_k: int | None = 40, seed: int = 0, top_p: float | None = None, repetition_penalty: float = 1.0,
-                stream: Callable[[str], None] | None = None) -> str:
+                stream: Callable[[str], None] | None = None, compile: bool = False) -> str:
     """The prompt followed by one sampled continuation, cut at <|endoftext|>. `stream`, when given,
     receives the prompt and then each piece of text as it is generated."""
     enc = gpt2_encoding()
@@ -90,7 +99,7 @@ def sample_text(model: torch.nn.Module, prompt: str, max_new_tokens: int = 64, t
     if stream:
         stream(prompt)
     out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, generator,
-                   emit if stream else None)[0].tolist()
+                   emit if stream else None, compile)[0].tolist()
     new = out[ids.shape[1]:]
     if EOT in new:
         new = new[: new.index(EOT)]

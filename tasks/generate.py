@@ -24,7 +24,7 @@ def generate_samples(checkpoint: str, cfg: dict[str, Any], stream: bool = True) 
             write_now(f"\n--- sample {i + 1}/{cfg['num_samples']} (seed {cfg['seed'] + i}) ---\n")
         samples.append(sample_text(model, cfg["prompt"], cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"],
                                    cfg["seed"] + i, cfg["top_p"], cfg["repetition_penalty"],
-                                   write_now if stream else None))
+                                   write_now if stream else None, cfg["compile_decode"]))
     if stream:
         write_now("\n")
     return samples

@@ -159,6 +159,18 @@ def test_kv_cache_decoding_equals_full_recomputation(gpt):
     assert torch.equal(generate(gpt, ids, 30, temperature=0), naive_greedy(gpt, ids, 30))
 
 
+def test_static_cache_decoding_equals_full_recomputation(gpt):
+    """The fixed-shape decode path that torch.compile captures, run eagerly."""
+    ids = torch.randint(0, 50257, (2, 7))
+    cache = gpt.new_cache(2)
+    gpt(ids, cache)
+    cache.make_static()
+    for _ in range(5):
+        nxt = naive_greedy(gpt, ids, 1)[:, -1:]
+        assert torch.allclose(gpt(nxt, cache)[:, -1], gpt(torch.cat([ids, nxt], 1))[:, -1], atol=1e-4)
+        ids = torch.cat([ids, nxt], 1)
+
+
 def test_generation_past_the_context_keeps_going(gpt):
     out = generate(gpt, torch.randint(0, 50257, (1, 60)), 40, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 100)
