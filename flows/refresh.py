@@ -33,6 +33,9 @@ def version_config(cfg: dict[str, Any], dumps: list[Path], version: int) -> dict
     c = vcfg["corpus"]
     c["dumps"] = [str(p) for p in dumps]
     c["out_dir"] = str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{version:04d}")
+    c["name"] = f"{cfg['corpus']['name']}-v{version:04d}"
+    # seen_urls_db and dedup.index_path were resolved against the corpus root before out_dir
+    # changed, so every version shares them
     return vcfg
 
 
@@ -59,12 +62,7 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
         get_run_logger().info("no new dumps in %s: nothing to do", cfg["corpus"]["refresh"]["dumps_dir"])
         return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
     version = (state["versions"][-1] if state["versions"] else 0) + 1
-    vcfg = version_config(cfg, dumps, version)
-    # the URL store and the dedup index are the whole corpus's, not one version's
-    vcfg["corpus"]["seen_urls_db"] = cfg["corpus"]["seen_urls_db"]
-    vcfg["corpus"]["dedup"]["index_path"] = cfg["corpus"]["dedup"]["index_path"]
-    vcfg["corpus"]["name"] = f"{cfg['corpus']['name']}-v{version:04d}"
-    result = corpus_flow(vcfg)
+    result = corpus_flow(version_config(cfg, dumps, version))
     tokens = token_dir(cfg)
     tokens.mkdir(parents=True, exist_ok=True)
     if (tokens / "manifest.json").exists():

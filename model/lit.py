@@ -45,9 +45,9 @@ class GPTLightning(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
-            self.log("grad_norm", torch.linalg.vector_norm(torch.stack(grads)))
+            self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_validation_epoch_start(self) -> None:
         self.val_losses: list[torch.Tensor] = []

@@ -117,7 +117,8 @@ async def fetch_all(urls: list[str], cfg: dict[str, Any]):
     slots = asyncio.Semaphore(cfg["concurrency"])
     async with http_client(cfg) as client:
         async def one(url: str) -> Fetched:
-            async with slots, per_host[urlsplit(url).hostname]:
+            # the host's turn first: a request queued behind a slow host must not hold a global slot
+            async with per_host[urlsplit(url).hostname], slots:
                 return await fetch_page(client, url, cfg)
 
         for next_done in asyncio.as_completed([one(u) for u in urls]):
