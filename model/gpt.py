@@ -51,6 +51,10 @@ class KVCache:
         self.static = True
         self.position.fill_(self.length)
 
+    def reset(self) -> None:
+        """Empty, ready for a new prompt, in the same buffers."""
+        self.length, self.static = 0, False
+
     def visible(self) -> torch.Tensor | None:
         """In static mode, the mask of the positions written so far (None otherwise)."""
         return (self.slots <= self.position)[None, None, None, :] if self.static else None
@@ -83,7 +87,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask = None
         if cache is not None:
-            if (cache.length or cache.static) and T > 1:
+            if (cache.static or cache.length) and T > 1:
                 raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
             k, v = cache.update(self.layer, k, v)
             mask = cache.visible()
@@ -155,12 +159,16 @@ class GPT(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.block_size, p.device, p.dtype)
 
+    def positions(self, start: int, length: int, device) -> torch.Tensor:
+        if start + length > self.config.block_size:
+            raise ValueError(f"sequence of {start + length} tokens is longer than the context of {self.config.block_size}")
+        return torch.arange(start, start + length, device=device)
+
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        start = cache.length if cache is not None else 0
-        T = idx.shape[1]
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}")
-        pos = cache.position if cache is not None and cache.static else torch.arange(start, start + T, device=idx.device)
+        if cache is not None and cache.static:
+            pos = cache.position  # never read cache.length here: torch.compile would recompile for each prompt length
+        else:
+            pos = self.positions(cache.length if cache is not None else 0, idx.shape[1], idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
             if self.config.activation_checkpointing and self.training:
@@ -170,7 +178,7 @@ class GPT(nn.Module):
         if cache is not None and cache.static:
             cache.position += 1  # in place: the captured graph sees the new position next time
         elif cache is not None:
-            cache.length += T
+            cache.length += idx.shape[1]
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
 

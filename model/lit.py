@@ -100,9 +100,29 @@ def consolidated(checkpoint: str) -> str:
     return str(out)
 
 
-def load_gpt(checkpoint: str, device: str = "cpu") -> GPT:
+def inference_device(name: str) -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU, float32 on a CPU; otherwise a torch dtype's name, e.g. `float16`."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def load_gpt(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> GPT:
     """The GPT in a checkpoint of this project's training (a file, or a DeepSpeed ZeRO folder), or in
-    a transformers GPT-2 folder."""
+    a transformers GPT-2 folder, in eval mode on `device` in `dtype` (both may be `auto`)."""
     if (Path(checkpoint) / "config.json").exists():
-        return GPT.from_hf(checkpoint).to(device)
-    return GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location=device).model.to(device)
+        model = GPT.from_hf(checkpoint)
+    else:
+        model = GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location="cpu").model
+    target = inference_device(device)
+    return model.to(target, inference_dtype(dtype, target)).eval()

@@ -8,14 +8,19 @@ import torch
 
 from model.bpe import EOT, gpt2_encoding
 
+DONE_CHECK_EVERY = 16  # steps between looks at "has every row ended?", each one a wait for the device
 
-def next_token_distribution(logits: torch.Tensor, ids: torch.Tensor, temperature: float, top_k: int | None,
-                            top_p: float | None, repetition_penalty: float) -> torch.Tensor:
+
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: tokens marked in `seen` (B, V) become less likely, whatever their sign."""
+    if seen is None or penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int | None,
+                            top_p: float | None) -> torch.Tensor:
     """Probabilities of the next token, (B, V), from the last position's logits."""
-    if repetition_penalty != 1.0:
-        # CTRL's penalty: tokens already in the sequence become less likely, whatever their sign
-        seen = torch.gather(logits, 1, ids)
-        logits = logits.scatter(1, ids, torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty))
     logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
@@ -29,6 +34,36 @@ def next_token_distribution(logits: torch.Tensor, ids: torch.Tensor, temperature
     return probs
 
 
+class Sampler:
+    """Picks each row's next token from the logits; `temperature=0` is greedy.
+
+    Sampling is an exponential race: with E_i ~ Exp(1) drawn from the seeded generator, argmax
+    p_i / E_i is token i with probability p_i. Unlike torch.multinomial it has no data-dependent
+    step, so the whole decode step, sampling included, fits in one CUDA graph.
+    """
+
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float):
+        self.temperature, self.top_k, self.top_p, self.penalty = temperature, top_k, top_p, repetition_penalty
+
+    def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        logits = penalise_repeats(logits, seen, self.penalty)
+        if self.temperature == 0:
+            return logits.argmax(-1, keepdim=True)
+        probs = next_token_distribution(logits, self.temperature, self.top_k, self.top_p)
+        return (probs / noise).argmax(-1, keepdim=True)
+
+
+def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
+                noise: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """One token per row after `token`: finished rows only pad with <|endoftext|>. Updates the cache,
+    `seen` and `done` in place, so that it can run as one captured graph."""
+    nxt = sampler(model(token, cache)[:, -1, :].float(), seen, noise).masked_fill(done[:, None], EOT)
+    if seen is not None:
+        seen.scatter_(1, nxt, True)
+    done |= nxt[:, 0] == EOT
+    return nxt
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
@@ -36,41 +71,59 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
              on_token: Callable[[torch.Tensor], None] | None = None, compile: bool = False) -> torch.Tensor:
     """Extend (B, T) token ids by up to `max_new_tokens`, stopping once every row emitted <|endoftext|>.
 
-    `temperature=0` is greedy. When the context fills up, the cache is rebuilt from its last half.
+    When the context fills up, the cache is rebuilt from the last half of the sequence.
     `compile=True` decodes with a fixed-shape cache under torch.compile (CUDA graphs on a GPU),
     because one decode step is too small to keep a GPU busy launch by launch.
     """
     model.eval()
-    block = model.config.block_size
-    step = torch.compile(model, mode="reduce-overhead", fullgraph=True) if compile else model
+    if max_new_tokens == 0:
+        return ids
+    batch, block, vocab = ids.shape[0], model.config.block_size, model.config.vocab_size
+    sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(batch, vocab, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    noise = torch.empty(batch, vocab, device=ids.device)
+    out = torch.full((batch, max_new_tokens), EOT, dtype=ids.dtype, device=ids.device)
+    token = torch.empty(batch, 1, dtype=ids.dtype, device=ids.device)  # the step's input, at one address
+    cache = model.new_cache(batch)
+    step = decode_step
+    if compile:
+        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+        for tensor in (cache.k, cache.v, cache.position, token, noise, done, seen):
+            if tensor is not None:  # updated in place: a CUDA graph may keep them only at fixed addresses
+                torch._dynamo.mark_static_address(tensor)
 
-    def prefill(context: torch.Tensor):
-        cache = model.new_cache(context.shape[0])
-        logits = model(context, cache)[:, -1, :].float()
+    def prefill(context: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The token after `context`, from a cache refilled with it, and the cache's length."""
+        cache.reset()
+        nxt = decode_step(model, sampler, context, cache, seen, noise.exponential_(generator=generator), done)
         if compile:
             cache.make_static()
-        return cache, logits, context.shape[1]
+        return nxt, context.shape[1]
 
-    cache, logits, length = prefill(ids[:, -block:])
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            probs = next_token_distribution(logits, ids, temperature, top_k, top_p, repetition_penalty)
-            nxt = torch.multinomial(probs, 1, generator=generator)
-        nxt = nxt.masked_fill(done[:, None], EOT)  # finished rows only pad
-        ids = torch.cat([ids, nxt], dim=1)
+    nxt, length = prefill(ids[:, -block:])
+    for i in range(max_new_tokens):
+        out[:, i:i + 1] = nxt  # a copy: a captured graph overwrites its output on the next replay
         if on_token is not None:
-            on_token(nxt)
-        done |= nxt.squeeze(1) == EOT
-        if done.all():
+            on_token(out[:, i:i + 1])
+        if i + 1 == max_new_tokens or ((on_token is not None or i % DONE_CHECK_EVERY == 0) and done.all()):
             break
         if length == block:
-            cache, logits, length = prefill(ids[:, -block // 2:])
+            nxt, length = prefill(torch.cat([ids, out[:, :i + 1]], dim=1)[:, -block // 2:])
         else:
-            logits, length = step(nxt, cache)[:, -1, :].float(), length + 1
-    return ids
+            token.copy_(nxt)
+            nxt = step(model, sampler, token, cache, seen, noise.exponential_(generator=generator), done)
+            length += 1
+    return torch.cat([ids, out[:, :tokens_until_all_ended(out)]], dim=1)
+
+
+def tokens_until_all_ended(new: torch.Tensor) -> int:
+    """How many columns of `new` (B, N) to keep: through the first <|endoftext|> of the row that ended last."""
+    ended = new == EOT
+    first = torch.where(ended.any(1), ended.int().argmax(1), new.shape[1] - 1)
+    return int(first.max()) + 1
 
 
 def sample_text(model: torch.nn.Module, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8,

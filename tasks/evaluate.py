@@ -60,7 +60,7 @@ def contamination(data_dir: str, benchmarks: list[Benchmark]) -> dict[str, float
 @task(name="evaluate", cache_policy=FilesAndCode(files=("checkpoint", "data_dir")))
 def evaluate_task(checkpoint: str, data_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Val perplexity, then every available benchmark with its contamination."""
-    model = load_gpt(checkpoint).eval()
+    model = load_gpt(checkpoint, cfg["device"], cfg["dtype"])
     benchmarks = available_benchmarks(cfg)
     return {"val": val_perplexity(model, data_dir, cfg),
             "benchmarks": {b.name: score(model, b, cfg["context"], stride(cfg)) for b in benchmarks},

@@ -17,7 +17,7 @@ def write_now(text: str) -> None:
 
 def generate_samples(checkpoint: str, cfg: dict[str, Any], stream: bool = True) -> list[str]:
     """`num_samples` continuations of `prompt`: sample i uses seed `seed + i`, so each is reproducible."""
-    model = load_gpt(checkpoint)
+    model = load_gpt(checkpoint, cfg["device"], cfg["dtype"])
     samples = []
     for i in range(cfg["num_samples"]):
         if stream:

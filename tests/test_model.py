@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
-from model.lit import cosine_with_warmup
-from model.sample import generate, next_token_distribution, sample_text
+from model.lit import cosine_with_warmup, inference_device, inference_dtype, load_gpt
+from model.sample import Sampler, generate, next_token_distribution, penalise_repeats, sample_text
 from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -147,6 +147,24 @@ def test_to_hf_round_trip(gpt, tmp_path):
     assert torch.allclose(GPT.from_hf(str(tmp_path))(ids), gpt(ids), atol=1e-5)
 
 
+def test_inference_runs_in_full_precision_on_a_cpu_and_bf16_on_a_gpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert inference_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert inference_dtype("auto", cpu) == torch.float32 and inference_dtype("auto", gpu) == torch.bfloat16
+    assert inference_dtype("float16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'fp42'"):
+        inference_dtype("fp42", cpu)
+
+
+def test_load_gpt_in_bf16_keeps_the_model(gpt, tmp_path):
+    gpt.to_hf(str(tmp_path))
+    half = load_gpt(str(tmp_path), "cpu", "bfloat16")
+    assert half.wte.weight.dtype == torch.bfloat16 and not half.training
+    ids = torch.randint(0, 50257, (1, 40))
+    assert torch.allclose(half(ids).float(), gpt(ids), atol=0.05)
+    assert generate(half, ids, 10, temperature=0.8, top_k=40).shape == (1, 50)
+
+
 def naive_greedy(model, ids, n):
     """Greedy decoding without a cache: the whole sequence through the model for every token."""
     for _ in range(n):
@@ -178,14 +196,56 @@ def test_generation_past_the_context_keeps_going(gpt):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    probs = next_token_distribution(logits, torch.zeros(1, 0, dtype=torch.long), 1.0, None, 0.75, 1.0)
+    probs = next_token_distribution(logits, 1.0, None, 0.75)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
 
 
 def test_repetition_penalty_lowers_tokens_already_used():
     logits = torch.tensor([[2.0, 2.0, -1.0, -1.0]])
-    probs = next_token_distribution(logits, torch.tensor([[0, 2]]), 1.0, None, None, 2.0)
-    assert probs[0, 0] < probs[0, 1] and probs[0, 2] < probs[0, 3]
+    seen = torch.tensor([[True, False, True, False]])
+    assert torch.equal(penalise_repeats(logits, seen, 2.0), torch.tensor([[1.0, 2.0, -2.0, -1.0]]))
+
+
+def test_greedy_with_a_heavy_repetition_penalty_never_repeats(gpt):
+    ids = torch.randint(0, 50257, (2, 5))
+    out = generate(gpt, ids, 30, temperature=0, repetition_penalty=1e6)
+    assert all(len(set(row.tolist())) == 35 for row in out)
+
+
+def test_exponential_race_samples_the_distribution():
+    """10,000 draws of one row of probabilities, the way generate draws them."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.empty(10_000, 5).exponential_(generator=generator)
+    picks = Sampler(1.0, None, None, 1.0)(probs.log().expand(10_000, 5), None, noise)
+    frequencies = torch.bincount(picks[:, 0], minlength=5) / 10_000
+    assert torch.allclose(frequencies, probs, atol=0.015) and frequencies[4] == 0
+
+
+def test_rows_that_end_early_only_pad(gpt):
+    class EndsRowZero(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config, self.new_cache = gpt.config, gpt.new_cache
+
+        def forward(self, ids, cache=None):
+            logits = gpt(ids, cache)
+            logits[0, :, EOT] += 1e4
+            return logits
+
+    out = generate(EndsRowZero(), torch.randint(0, 50257, (2, 4)), 10, temperature=0.8)
+    assert out.shape == (2, 14)
+    assert (out[0, 4:] == EOT).all() and (out[1, 4:] != EOT).all()
+
+
+def test_compiled_decoding_equals_eager(gpt):
+    """torch.compile of the fixed-shape step (CUDA graphs on a GPU) picks the very same tokens,
+    across a context rebuild, with every sampling option on."""
+    options = dict(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.3)
+    ids = torch.randint(0, 50257, (2, 50))
+    eager = generate(gpt, ids, 30, generator=torch.Generator().manual_seed(0), **options)
+    compiled = generate(gpt, ids, 30, generator=torch.Generator().manual_seed(0), compile=True, **options)
+    assert eager.shape == (2, 80) and torch.equal(eager, compiled)
 
 
 def test_streaming_delivers_the_same_text(gpt):
