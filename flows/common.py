@@ -56,6 +56,15 @@ def token_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["corpus"]["out_dir"]) / "tokens"
 
 
+def run_dir(cfg: dict[str, Any]) -> Path:
+    """Where training writes the checkpoints of `run_name`."""
+    return Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"]
+
+
 def checkpoint_path(cfg: dict[str, Any]) -> str:
     """The checkpoint to evaluate or sample: `checkpoint`, else the last one of `run_name`."""
-    return cfg.get("checkpoint") or str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")
+    path = cfg.get("checkpoint") or str(run_dir(cfg) / "last.ckpt")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: train one with `make train` (run_name={cfg['run_name']}) "
+                                "or pass checkpoint=PATH (a .ckpt, a DeepSpeed folder or a transformers GPT-2 folder)")
+    return path

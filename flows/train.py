@@ -1,14 +1,13 @@
 """Training flow: fit GPT-2 on the corpus token shards (building the demo corpus first if it is missing)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, cached, checkpoint_path, load_config, to_dict, token_dir
+from flows.common import CONF_DIR, cached, load_config, run_dir, to_dict, token_dir
 from flows.corpus import corpus_flow
 from tasks.train import train_task
 
@@ -26,7 +25,7 @@ def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = 
     """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
-    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(Path(checkpoint_path(cfg)).parent))
+    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)))
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
     return result
 

@@ -9,6 +9,7 @@ import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
+from flows.common import checkpoint_path
 from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -100,6 +101,14 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     logged = {k for row in rows for k in row}
     assert {"lr", "grad_norm", "perf/tokens_per_s", "perf/tokens_seen", "perf/mfu"} <= logged
     assert [r["samples._type"] for r in rows if "samples._type" in r] == ["table-file"] * 2  # steps 20 and 40
+
+
+def test_a_missing_checkpoint_is_named_with_the_way_out(tmp_path):
+    cfg = {"paths": {"data": str(tmp_path)}, "run_name": "gpt2-demo", "checkpoint": None}
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*gpt2-demo/last.ckpt: train one with `make train`"):
+        checkpoint_path(cfg)
+    with pytest.raises(FileNotFoundError, match="pass checkpoint=PATH"):
+        checkpoint_path({**cfg, "checkpoint": str(tmp_path / "typo.ckpt")})
 
 
 def test_evaluate_and_generate_read_the_checkpoint(demo):
