@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import CONF_DIR, load_config, to_dict, token_dir
 from flows.corpus import corpus_flow
+from tasks.dumps import download_dumps_task
 
 DUMP_SUFFIXES = (".zst", ".xz", ".bz2", ".ndjson", ".jsonl")
 
@@ -51,15 +52,20 @@ def merged_manifest(root: Path, versions: list[int]) -> dict[str, Any]:
 
 @flow(name="corpus-refresh", log_prints=True)
 def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Add the new dump months in `corpus.refresh.dumps_dir` to the corpus as a new version."""
+    """Add the new dump months in `corpus.refresh.dumps_dir` (after downloading those of
+    `corpus.refresh.dump_urls` it lacks) to the corpus as a new version."""
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     root = Path(cfg["corpus"]["out_dir"])
     state_file = root / "refresh.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"processed": [], "versions": []}
-    dumps = new_dumps(Path(cfg["corpus"]["refresh"]["dumps_dir"]), cfg["corpus"]["refresh"]["pattern"],
-                      state["processed"])
+    refresh = cfg["corpus"]["refresh"]
+    if refresh["dump_urls"]:
+        downloads = download_dumps_task(refresh["dump_urls"], refresh["dumps_dir"], state["processed"],
+                                        cfg["corpus"]["fetch"])
+        print(f"dump downloads: {downloads}")
+    dumps = new_dumps(Path(refresh["dumps_dir"]), refresh["pattern"], state["processed"])
     if not dumps:
-        get_run_logger().info("no new dumps in %s: nothing to do", cfg["corpus"]["refresh"]["dumps_dir"])
+        get_run_logger().info("no new dumps in %s: nothing to do", refresh["dumps_dir"])
         return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
     version = (state["versions"][-1] if state["versions"] else 0) + 1
     result = corpus_flow(version_config(cfg, dumps, version))

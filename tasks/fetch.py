@@ -65,13 +65,17 @@ def address_guard(allowed: Iterable[str]):
     return guard
 
 
+def retry_policy(cfg: dict[str, Any]) -> Retry:
+    """Timeouts, connection errors, 429 and 5xx are retried with jittered exponential backoff,
+    honouring Retry-After; other 4xx are final."""
+    return Retry(total=cfg["retries"], backoff_factor=cfg["backoff_s"], backoff_jitter=1.0,
+                 status_forcelist=[429, 500, 502, 503, 504], respect_retry_after_header=True,
+                 max_backoff_wait=cfg["max_retry_wait_s"])
+
+
 def http_client(cfg: dict[str, Any]) -> httpx.AsyncClient:
-    """An async client that retries timeouts, connection errors, 429 and 5xx with jittered
-    exponential backoff, honouring Retry-After; other 4xx are final."""
-    retry = Retry(total=cfg["retries"], backoff_factor=cfg["backoff_s"], backoff_jitter=1.0,
-                  status_forcelist=[429, 500, 502, 503, 504], respect_retry_after_header=True,
-                  max_backoff_wait=cfg["max_retry_wait_s"])
-    transport = RetryTransport(transport=httpx.AsyncHTTPTransport(proxy=cfg.get("proxy")), retry=retry)
+    """An async client with `retry_policy`, refusing non-public addresses unless allowlisted."""
+    transport = RetryTransport(transport=httpx.AsyncHTTPTransport(proxy=cfg.get("proxy")), retry=retry_policy(cfg))
     hooks = {} if cfg.get("proxy") else {"request": [address_guard(cfg["allow_addresses"])]}
     return httpx.AsyncClient(
         transport=transport, follow_redirects=True, max_redirects=cfg["max_redirects"], event_hooks=hooks,
