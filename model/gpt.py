@@ -159,7 +159,8 @@ class GPT(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len or self.config.block_size, p.device, p.dtype)
 
-    def positions(self, start: int, length: int, device) -> torch.Tensor:
+    def positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Position ids of `length` tokens after `start`, refusing to run past the context."""
         if start + length > self.config.block_size:
             raise ValueError(f"sequence of {start + length} tokens is longer than the context of {self.config.block_size}")
         return torch.arange(start, start + length, device=device)
