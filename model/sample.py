@@ -95,10 +95,13 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
             if tensor is not None:  # updated in place: a CUDA graph may keep them only at fixed addresses
                 torch._dynamo.mark_static_address(tensor)
 
+    def fresh_noise() -> torch.Tensor:
+        return noise if temperature == 0 else noise.exponential_(generator=generator)  # greedy needs none
+
     def prefill(context: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The token after `context`, from a cache refilled with it, and the cache's length."""
         cache.reset()
-        nxt = decode_step(model, sampler, context, cache, seen, noise.exponential_(generator=generator), done)
+        nxt = decode_step(model, sampler, context, cache, seen, fresh_noise(), done)
         if compile:
             cache.make_static()
         return nxt, context.shape[1]
@@ -114,7 +117,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
             nxt, length = prefill(torch.cat([ids, out[:, :i + 1]], dim=1)[:, -block // 2:])
         else:
             token.copy_(nxt)
-            nxt = step(model, sampler, token, cache, seen, noise.exponential_(generator=generator), done)
+            nxt = step(model, sampler, token, cache, seen, fresh_noise(), done)
             length += 1
     return torch.cat([ids, out[:, :tokens_until_all_ended(out)]], dim=1)
 
@@ -139,9 +142,10 @@ def sample_text(model: torch.nn.Module, prompt: str, max_new_tokens: int = 64, t
 
     def emit(token: torch.Tensor) -> None:
         # a character can span several byte-level tokens: emit once the bytes decode cleanly
-        if token.item() == EOT:
+        value = token.item()
+        if value == EOT:
             return
-        pending.append(token.item())
+        pending.append(value)
         try:
             text = enc.decode_bytes(pending).decode("utf-8")
         except UnicodeDecodeError:
