@@ -42,7 +42,7 @@ class KVCache:
         shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.size, self.length = max_len, 0
         self.static = False
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(max_len, device=device)

@@ -9,6 +9,7 @@ import torch
 from model.bpe import EOT, gpt2_encoding
 
 DONE_CHECK_EVERY = 16  # steps between looks at "has every row ended?", each one a wait for the device
+SMALLEST_CACHE = 128  # positions; caches come in powers of two from here up to the context
 
 
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
@@ -18,20 +19,19 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: f
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def next_token_distribution(logits: torch.Tensor, temperature: float, top_k: int | None,
-                            top_p: float | None) -> torch.Tensor:
-    """Probabilities of the next token, (B, V), from the last position's logits."""
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The last position's logits (B, V) divided by the temperature, with the tokens that top-k and
+    top-p leave out set to -inf: their softmax is the distribution of the next token."""
     logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
     if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        probs = probs.scatter(1, order, sorted_probs.masked_fill(outside, 0.0))
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
+    return logits
 
 
 class Sampler:
@@ -39,7 +39,8 @@ class Sampler:
 
     Sampling is an exponential race: with E_i ~ Exp(1) drawn from the seeded generator, argmax
     p_i / E_i is token i with probability p_i. Unlike torch.multinomial it has no data-dependent
-    step, so the whole decode step, sampling included, fits in one CUDA graph.
+    step, so the whole decode step, sampling included, fits in one CUDA graph. It is run in log
+    space, argmax logit_i - log E_i, where the softmax cancels out.
     """
 
     def __init__(self, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float):
@@ -49,8 +50,8 @@ class Sampler:
         logits = penalise_repeats(logits, seen, self.penalty)
         if self.temperature == 0:
             return logits.argmax(-1, keepdim=True)
-        probs = next_token_distribution(logits, self.temperature, self.top_k, self.top_p)
-        return (probs / noise).argmax(-1, keepdim=True)
+        logits = filter_logits(logits, self.temperature, self.top_k, self.top_p)
+        return (logits - noise.log()).argmax(-1, keepdim=True)
 
 
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
@@ -87,7 +88,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     noise = torch.empty(batch, vocab, device=ids.device)
     out = torch.full((batch, max_new_tokens), EOT, dtype=ids.dtype, device=ids.device)
     token = torch.empty(batch, 1, dtype=ids.dtype, device=ids.device)  # the step's input, at one address
-    cache = model.new_cache(batch)
+    cache = model.new_cache(batch, cache_size(ids.shape[1] + max_new_tokens, block))
     step = decode_step
     if compile:
         step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
@@ -113,13 +114,19 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
             on_token(out[:, i:i + 1])
         if i + 1 == max_new_tokens or ((on_token is not None or i % DONE_CHECK_EVERY == 0) and done.all()):
             break
-        if length == block:
+        if length == cache.size:  # the context is full
             nxt, length = prefill(torch.cat([ids, out[:, :i + 1]], dim=1)[:, -block // 2:])
         else:
             token.copy_(nxt)
             nxt = step(model, sampler, token, cache, seen, fresh_noise(), done)
             length += 1
     return torch.cat([ids, out[:, :tokens_until_all_ended(out)]], dim=1)
+
+
+def cache_size(tokens: int, block: int) -> int:
+    """Positions to preallocate for `tokens`: a power of two, so that torch.compile captures a
+    graph for only a few sizes, yet the fixed-shape step attends over little more than it needs."""
+    return min(block, max(SMALLEST_CACHE, 1 << (tokens - 1).bit_length()))
 
 
 def tokens_until_all_ended(new: torch.Tensor) -> int:

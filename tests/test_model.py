@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import cosine_with_warmup, inference_device, inference_dtype, load_gpt
-from model.sample import Sampler, generate, next_token_distribution, penalise_repeats, sample_text
+from model.sample import Sampler, cache_size, filter_logits, generate, penalise_repeats, sample_text
 from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -177,6 +177,18 @@ def test_kv_cache_decoding_equals_full_recomputation(gpt):
     assert torch.equal(generate(gpt, ids, 30, temperature=0), naive_greedy(gpt, ids, 30))
 
 
+def test_caches_come_in_few_sizes_that_hold_the_whole_generation():
+    assert [cache_size(n, 1024) for n in (5, 128, 129, 288, 600, 5000)] == [128, 128, 256, 512, 1024, 1024]
+
+
+def test_compiled_decoding_in_a_cache_shorter_than_the_context():
+    """A 512-position model writing 40 tokens after 10 decodes in a 128-position cache."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
+    ids = torch.randint(0, 50257, (1, 10))
+    assert torch.equal(generate(model, ids, 40, temperature=0, compile=True), naive_greedy(model, ids, 40))
+
+
 def test_static_cache_decoding_equals_full_recomputation(gpt):
     """The fixed-shape decode path that torch.compile captures, run eagerly."""
     ids = torch.randint(0, 50257, (2, 7))
@@ -196,7 +208,7 @@ def test_generation_past_the_context_keeps_going(gpt):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    probs = next_token_distribution(logits, 1.0, None, 0.75)
+    probs = filter_logits(logits, 1.0, None, 0.75).softmax(-1)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
 
 
