@@ -39,9 +39,10 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
-        shape = (config.n_layer, batch, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (2, batch, config.n_head, max_len, config.n_embd // config.n_head)
+        # keys and values of a layer in one buffer of their own: a static step updates each in place
+        # with a single store, where views of one shared buffer would make torch.compile copy it whole
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.size, self.length = max_len, 0
         self.static = False
         self.position = torch.zeros(1, dtype=torch.long, device=device)
@@ -61,14 +62,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k and v; returns k and v for every position so far."""
+        kv = self.kv[layer]
         if self.static:
-            self.k[layer].index_copy_(2, self.position, k)
-            self.v[layer].index_copy_(2, self.position, v)
-            return self.k[layer], self.v[layer]
+            kv[:, :, :, self.position] = torch.stack((k, v))
+            return kv[0], kv[1]
         end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kv[:, :, :, self.length:end] = torch.stack((k, v))
+        return kv[0, :, :, :end], kv[1, :, :, :end]
 
 
 class CausalSelfAttention(nn.Module):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from model.bpe import EOT, gpt2_encoding
 
 DONE_CHECK_EVERY = 16  # steps between looks at "has every row ended?", each one a wait for the device
+ROW_CHUNK = 512  # entries per chunk when a row of logits is reduced in two stages
 SMALLEST_CACHE = 128  # positions; caches come in powers of two from here up to the context
 
 
@@ -19,13 +21,33 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: f
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+def chunked(rows: torch.Tensor) -> torch.Tensor:
+    """(B, V) as (B, chunks, ROW_CHUNK), padded with -inf. On a GPU, a reduction over one 50k-long row
+    runs in one thread block, and a top-k over it as a radix select of many kernels; reducing the
+    chunks first, then their results, spreads the work and gives the same answer."""
+    return F.pad(rows, (0, -rows.shape[1] % ROW_CHUNK), value=float("-inf")).view(rows.shape[0], -1, ROW_CHUNK)
+
+
+def kth_largest(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k-th largest value, (B, 1): the k-th largest of its chunks' top k."""
+    k = min(k, rows.shape[1])
+    best = chunked(rows).topk(min(k, ROW_CHUNK), dim=-1, sorted=False).values.flatten(1)
+    return best.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+
+
+def row_argmax(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's first largest entry, (B, 1)."""
+    best, within = chunked(rows).max(-1)
+    chunk = best.argmax(-1, keepdim=True)
+    return chunk * ROW_CHUNK + within.gather(1, chunk)
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """The last position's logits (B, V) divided by the temperature, with the tokens that top-k and
     top-p leave out set to -inf: their softmax is the distribution of the next token."""
     logits = logits / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth_largest(logits, top_k), float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         sorted_probs = sorted_logits.softmax(-1)
@@ -49,9 +71,8 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
         logits = penalise_repeats(logits, seen, self.penalty)
         if self.temperature == 0:
-            return logits.argmax(-1, keepdim=True)
-        logits = filter_logits(logits, self.temperature, self.top_k, self.top_p)
-        return (logits - noise.log()).argmax(-1, keepdim=True)
+            return row_argmax(logits)
+        return row_argmax(filter_logits(logits, self.temperature, self.top_k, self.top_p) - noise.log())
 
 
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
@@ -92,7 +113,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     step = decode_step
     if compile:
         step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
-        for tensor in (cache.k, cache.v, cache.position, token, noise, done, seen):
+        for tensor in (*cache.kv, cache.position, cache.slots, token, noise, done, seen):
             if tensor is not None:  # updated in place: a CUDA graph may keep them only at fixed addresses
                 torch._dynamo.mark_static_address(tensor)
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import cosine_with_warmup, inference_device, inference_dtype, load_gpt
-from model.sample import Sampler, cache_size, filter_logits, generate, penalise_repeats, sample_text
+from model.sample import (Sampler, cache_size, filter_logits, generate, kth_largest, penalise_repeats, row_argmax,
+                          sample_text)
 from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -210,6 +211,13 @@ def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     probs = filter_logits(logits, 1.0, None, 0.75).softmax(-1)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+
+
+def test_chunked_row_reductions_agree_with_torch():
+    rows = torch.randn(3, 1300).round(decimals=1)  # many ties, and a last chunk that needs padding
+    assert torch.equal(row_argmax(rows), rows.argmax(-1, keepdim=True))
+    for k in (1, 40, 600, 1300, 5000):
+        assert torch.equal(kth_largest(rows, k), rows.topk(min(k, 1300)).values[:, -1:])
 
 
 def test_repetition_penalty_lowers_tokens_already_used():
