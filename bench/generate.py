@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from flows.common import load_config
 from model import GPT, GPTConfig
-from model.lit import inference_dtype
+from model.lit import compiled_decoding, inference_dtype
 from model.sample import generate
 
 PROMPT_TOKENS = 32
@@ -43,7 +43,8 @@ def main(args: list[str]) -> None:
     new = int(options.get("new_tokens", 256))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = inference_dtype(options.get("dtype", "auto"), device)
-    compile = {"auto": device.type == "cuda", "true": True, "false": False}[options.get("compile", "auto")]
+    setting = options.get("compile", "auto")
+    compile = compiled_decoding({"true": True, "false": False}.get(setting, setting), device)
     torch.manual_seed(0)
     ours = GPT(GPTConfig(block_size=m["block_size"], n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"],
                          padded_vocab_size=50257))

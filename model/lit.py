@@ -107,6 +107,16 @@ def inference_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def compiled_decoding(setting: bool | str, device: torch.device) -> bool:
+    """`auto`: decode with the compiled fixed-shape step (CUDA graphs) on a GPU, where it is about 6x
+    faster, and eagerly on a CPU, where decoding is bound by memory and compiling only costs time."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"compile_decode must be true, false or auto, not {setting!r}")
+
+
 def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: bfloat16 on a GPU, float32 on a CPU; otherwise a torch dtype's name, e.g. `float16`."""
     if name == "auto":

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from model.lit import load_gpt
+from model.lit import compiled_decoding, load_gpt
 from model.sample import sample_text
 
 
@@ -18,13 +18,14 @@ def write_now(text: str) -> None:
 def generate_samples(checkpoint: str, cfg: dict[str, Any], stream: bool = True) -> list[str]:
     """`num_samples` continuations of `prompt`: sample i uses seed `seed + i`, so each is reproducible."""
     model = load_gpt(checkpoint, cfg["device"], cfg["dtype"])
+    compile = compiled_decoding(cfg["compile_decode"], next(model.parameters()).device)
     samples = []
     for i in range(cfg["num_samples"]):
         if stream:
             write_now(f"\n--- sample {i + 1}/{cfg['num_samples']} (seed {cfg['seed'] + i}) ---\n")
         samples.append(sample_text(model, cfg["prompt"], cfg["max_new_tokens"], cfg["temperature"], cfg["top_k"],
                                    cfg["seed"] + i, cfg["top_p"], cfg["repetition_penalty"],
-                                   write_now if stream else None, cfg["compile_decode"]))
+                                   write_now if stream else None, compile))
     if stream:
         write_now("\n")
     return samples

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
-from model.lit import cosine_with_warmup, inference_device, inference_dtype, load_gpt
+from model.lit import compiled_decoding, cosine_with_warmup, inference_device, inference_dtype, load_gpt
 from model.sample import (Sampler, cache_size, filter_logits, generate, kth_largest, penalise_repeats, row_argmax,
                           sample_text)
 from model.bpe import EOT
@@ -155,6 +155,14 @@ def test_inference_runs_in_full_precision_on_a_cpu_and_bf16_on_a_gpu():
     assert inference_dtype("float16", cpu) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'fp42'"):
         inference_dtype("fp42", cpu)
+
+
+def test_decoding_is_compiled_on_a_gpu_unless_told_otherwise():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert compiled_decoding("auto", gpu) and not compiled_decoding("auto", cpu)
+    assert compiled_decoding(True, cpu) and not compiled_decoding(False, gpu)
+    with pytest.raises(ValueError, match="true, false or auto"):
+        compiled_decoding("sometimes", gpu)
 
 
 def test_load_gpt_in_bf16_keeps_the_model(gpt, tmp_path):
