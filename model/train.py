@@ -71,7 +71,7 @@ def make_trainer(cfg: dict[str, Any], ckpt_dir: Path, logger, callbacks: list[pl
                       accumulate_grad_batches=accumulate, gradient_clip_val=tr["gradient_clip_val"],
                       val_check_interval=tr["val_check_interval"], check_val_every_n_epoch=None,
                       limit_val_batches=tr["limit_val_batches"], log_every_n_steps=tr["log_every_n_steps"],
-                      logger=logger, callbacks=callbacks, enable_model_summary=False)
+                      logger=logger, callbacks=callbacks, enable_model_summary=False, profiler=tr["profiler"])
 
 
 def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
