@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from flows.common import load_config
 from model import GPT, GPTConfig
-from model.lit import compiled_decoding, inference_dtype
+from model.lit import compiled_decoding, inference_device, inference_dtype
 from model.sample import generate
 
 PROMPT_TOKENS = 32
@@ -41,13 +41,12 @@ def main(args: list[str]) -> None:
     options = dict(a.split("=", 1) for a in args)
     m = load_config([f"model={options.get('model', 'gpt2')}"])["model"]
     new = int(options.get("new_tokens", 256))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = inference_device("auto")
     dtype = inference_dtype(options.get("dtype", "auto"), device)
     setting = options.get("compile", "auto")
     compile = compiled_decoding({"true": True, "false": False}.get(setting, setting), device)
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(block_size=m["block_size"], n_layer=m["n_layer"], n_head=m["n_head"], n_embd=m["n_embd"],
-                         padded_vocab_size=50257))
+    ours = GPT(GPTConfig.from_settings(m, padded_vocab_size=50257))
     with tempfile.TemporaryDirectory() as folder:  # the very same weights for both
         ours.to_hf(folder)
         hf = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)

@@ -6,7 +6,8 @@ input/output embeddings, residual projections scaled by 1/sqrt(2 * n_layer) at i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,11 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> GPTConfig:
+        """The fields of a conf/model entry (which also holds e.g. its name and lr), with `overrides` on top."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings} | overrides)
 
 
 class KVCache:

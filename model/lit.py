@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ class GPTLightning(pl.LightningModule):
                  activation_checkpointing: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
-        settings = {f.name: model[f.name] for f in fields(GPTConfig) if f.name in model}
-        self.model = GPT(GPTConfig(**settings, activation_checkpointing=activation_checkpointing))
+        self.model = GPT(GPTConfig.from_settings(model, activation_checkpointing=activation_checkpointing))
         if compile:
             # Lightning refuses a compiled LightningModule under DeepSpeed; compiling the blocks in place is fine
             for block in self.model.h:
