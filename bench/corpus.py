@@ -16,11 +16,11 @@ from pathlib import Path
 from bench.neardup import benchmark_stream, datasketch_loop, exact_duplicates, precision_recall
 from flows.common import REPO, load_config
 from sample.web import WEB_ROOT
-from tasks.dedup import near_duplicates
-from tasks.document import Document
-from tasks.extract import extract, shingle_scores
+from tasks.corpus.neardup import near_duplicates
+from tasks.corpus.document import Document
+from tasks.corpus.extract import extract, shingle_scores
 from model.bpe import gpt2_encoding
-from tasks.tokenize import tokenize_documents
+from tasks.corpus.tokenize import tokenize_documents
 
 SHARED_PAGES = REPO.parent / "shared" / "data" / "article-pages"
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from datasketch import MinHash, MinHashLSH
 
-from tasks.dedup import jaccard, shingle_hashes
+from tasks.corpus.neardup import jaccard, shingle_hashes
 
 BOILERPLATE = ("Subscribe to our newsletter for the latest stories, delivered every morning. We use cookies to "
                "improve your experience; by continuing you accept our privacy policy and terms of use. "

@@ -1,14 +1,18 @@
 """What every flow shares: config loading, cached tasks, and where a run's files go."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
+    from prefect.futures import PrefectFuture
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = str(REPO / "conf")
@@ -37,18 +41,55 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
                              refresh_cache=cfg["refresh"])
 
 
-def task_runner(cfg: dict[str, Any]):
-    """The Prefect task runner that `cfg.runner` names: local threads, or a Dask cluster."""
+@contextmanager
+def prefect_api_url() -> Iterator[str]:
+    """The Prefect API this process reports to: PREFECT_API_URL when set, else the temporary server
+    Prefect would start for the flow anyway, started now so that Dask workers can be pointed at it
+    (a worker left without a URL would start a temporary server of its own)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    server = SubprocessASGIServer()  # the same instance the flow's client uses
+    server.start()
+    yield server.api_url
+
+
+@contextmanager
+def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
+    """The Prefect task runner that `cfg.runner` names: local threads, or a Dask cluster whose
+    workers report to this flow's Prefect API. An existing cluster's workers need PREFECT_API_URL
+    set in their own environment."""
     runner = cfg["runner"]
-    if runner["type"] == "dask":
-        from prefect_dask import DaskTaskRunner
+    if runner["type"] != "dask":
+        from prefect.task_runners import ThreadPoolTaskRunner
 
-        if runner["address"]:
-            return DaskTaskRunner(address=runner["address"])
-        return DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1})
-    from prefect.task_runners import ThreadPoolTaskRunner
+        yield ThreadPoolTaskRunner(max_workers=runner["max_workers"])
+        return
+    from prefect_dask import DaskTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=runner["max_workers"])
+    if runner["address"]:
+        yield DaskTaskRunner(address=runner["address"])
+        return
+    with prefect_api_url() as api_url:
+        yield DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1,
+                                             "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
+
+
+def wait_with_progress(futures: list[PrefectFuture], what: str) -> list[Any]:
+    """The futures' results in submission order, with a progress bar (rate, ETA) on the console and a
+    progress artifact in the Prefect UI while they complete."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    artifact = create_progress_artifact(0.0, description=f"corpus: {what}")
+    with tqdm(total=len(futures), desc=what, unit="task") as bar:
+        for done, _ in enumerate(as_completed(futures), 1):
+            bar.update()
+            update_progress_artifact(artifact, 100.0 * done / len(futures))
+    return [f.result() for f in futures]
 
 
 def token_dir(cfg: dict[str, Any]) -> Path:

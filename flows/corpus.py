@@ -1,77 +1,139 @@
-"""Corpus flow: Pushshift dumps -> URLs -> pages -> text -> English -> deduplicated -> token shards."""
+"""Corpus flow: Pushshift dumps -> URL shards -> per shard: fetch, then the `corpus.pipeline` steps ->
+near-dup phases over all shards -> per shard: filter and tokenize -> token manifest."""
 from __future__ import annotations
 
+import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig
-from prefect import Task, flow
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 
-from flows.common import CONF_DIR, cached, load_config, task_runner, to_dict, token_dir
+from flows.common import CONF_DIR, cached, load_config, task_runner, to_dict, token_dir, wait_with_progress
+from model.bpe import EOT
 from sample.web import serve_sample_web
-from tasks.contamination import decontaminate_task
-from tasks.dedup import dedup_task
-from tasks.extract import extract_task
-from tasks.fetch import fetch_task
-from tasks.language import language_task
-from tasks.report import funnel_markdown, log_to_wandb, merge_stats, output_sizes, write_report
-from tasks.tokenize import tokenize_task
-from tasks.urls import urls_task
+from tasks.caching import code_version
+from tasks.corpus import shards
+from tasks.corpus.fetch import fetch_task
+from tasks.corpus.neardup import Source, dropped, offsets
+from tasks.corpus.report import funnel_markdown, log_to_wandb, merge_stats, output_sizes, write_report
+from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
+from tasks.corpus.urls import urls_task
 
 
-def crawl(cfg: dict[str, Any], work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The urls and fetch stages: Reddit dumps -> article URLs -> WARC of fetched pages."""
+def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[dict], list[PrefectFuture], list]:
+    """URL shards from the dumps, each fetched into its own WARC and then run through the steps."""
     c = cfg["corpus"]
-    with serve_sample_web() if c["serve_sample_web"] else nullcontext() as proxy:
-        urls = run(urls_task, cfg, c["dumps"], str(work / "urls.jsonl.zst"), c["urls"], c["seen_urls_db"])
-        pages = run(fetch_task, cfg, urls["path"], str(work / "fetch"), c["fetch"], proxy)
-    return urls, pages
+    urls = cached(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
+                                         c["seen_urls_dir"]).result()
+    plan, fetches = [], []
+    for i, urls_path in enumerate(urls["shards"]):
+        pages = work / "pages" / f"{i:05d}"
+        fetches.append(cached(fetch_task, cfg).submit(urls_path, str(pages), c["fetch"], proxy))
+        plan.append({"id": f"{i:05d}", "warc": str(pages / "pages.warc.gz"), "start": 0, "end": None, "urls": urls_path})
+    return plan, fetches, [urls]
 
 
-def run(task: Task, cfg: dict[str, Any], *args: Any) -> Any:
-    """Run a stage on the flow's task runner (threads, or Dask workers) and wait for its result."""
-    return cached(task, cfg).submit(*args).result()
+def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFuture]) -> list[dict[str, Any]]:
+    """The per-document steps, one task per shard, each after its shard's fetch when there is one."""
+    c, work = cfg["corpus"], Path(cfg["corpus"]["out_dir"])
+    futures = [cached(shard_task, cfg).submit(shard, str(work / "shards" / shard["id"]), c["pipeline"], c["dedup"],
+                                              cfg["refresh"], wait_for=wait_for[i:i + 1])
+               for i, shard in enumerate(plan)]
+    return wait_with_progress(futures, "shards")
+
+
+def earlier_sources(manifests: list[str]) -> list[Source]:
+    """The kept documents of earlier corpus versions, as dedup sources that come first."""
+    sources = []
+    for path in manifests:
+        manifest, folder = json.loads(Path(path).read_text()), Path(path).parent
+        sources += [Source(str(folder / s["docs"]), str(folder / s["bands"]), s["n"], earlier=True)
+                    for s in manifest["kept"]]
+    return sources
+
+
+def near_duplicates(cfg: dict[str, Any], sources: list[Source]) -> np.ndarray:
+    """The dedup phases: candidates per band, exact confirmation per shard, then the decision."""
+    d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
+    per_band = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, d["max_bucket"])
+                                   for b in range(d["bands"])], "dedup bands")
+    pairs = np.unique(np.array([p for band in per_band for p in band], dtype=np.int64).reshape(-1, 2), axis=0)
+    starts = offsets(sources)
+    shard_of_later = np.searchsorted(starts, pairs[:, 1], side="right") - 1
+    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(pairs[shard_of_later == s].tolist(), as_dicts,
+                                                                     d["threshold"], d["ngram"])
+                                    for s in np.unique(shard_of_later)], "dedup confirm")
+    return dropped(np.array([p for part in confirmed for p in part], dtype=np.int64).reshape(-1, 2))
+
+
+def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source], drop: np.ndarray) -> list[dict]:
+    """Filter and tokenize every new shard; returns each shard's token files and counters."""
+    c, tokens = cfg["corpus"], token_dir(cfg)
+    starts, first = offsets(sources), len(sources) - len(plan)
+    futures = [cached(finish_task, cfg).submit(
+        source.__dict__, (drop[(drop >= starts[first + i]) & (drop < starts[first + i + 1])] - starts[first + i]).tolist(),
+        str(tokens), shard["id"], c["dedup"], c["tokenize"], cfg["refresh"])
+        for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
+    return wait_with_progress(futures, "tokenize")
+
+
+def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> Path:
+    """tokens/manifest.json: every token file by split, the kept documents, the funnel and the settings."""
+    path = token_dir(cfg) / "manifest.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {"splits": {split: [s for f in finished for s in f["splits"][split]] for split in ("train", "val")},
+                "kept": [f["kept"] for f in finished], "stats": stats, "config": cfg["corpus"],
+                "code_version": code_version(sys.modules[shards.__name__]), "tokenizer": "gpt2", "dtype": "uint16",
+                "eot": EOT}
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+@flow(name="build-corpus", log_prints=True)
+def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Shards, the steps per shard, near-dup removal across shards, then tokens; returns the token
+    folder and every counter. With `corpus.source=warc` the pages come from `corpus.warc_files`."""
+    c = cfg["corpus"]
+    work = Path(c["out_dir"])
+    serve = c["serve_sample_web"] and c["source"] == "fetch"
+    with serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
+        if c["source"] == "fetch":
+            plan, fetches, early = fetched_shards(cfg, work, proxy)
+        else:
+            plan, fetches, early = plan_warc_shards(c["warc_files"], c["shard_bytes"]), [], []
+        processed = run_shards(cfg, plan, fetches)
+        early += [f.result() for f in fetches]
+    sources = earlier_sources(c["dedup"]["against"]) + [Source(**p["source"]) for p in processed]
+    finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources))
+    stats = merge_stats(*early, *processed, *finished)
+    write_manifest(cfg, finished, stats)
+    return {"data_dir": str(token_dir(cfg)), "stats": stats}
 
 
 @flow(name="corpus", log_prints=True)
 def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
 
-    The stages run on the task runner that `cfg.runner` picks (local threads or Dask).
+    The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers).
     """
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
-    stages = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
-    stats, sizes = merge_stats(*stages.values()), output_sizes(stages)
-    report = write_report(stats, sizes, Path(cfg["corpus"]["out_dir"]))
-    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}")
-    create_markdown_artifact(funnel_markdown(stats, sizes), key="corpus-funnel", description="Corpus funnel")
-    print(funnel_markdown(stats, sizes))
-    return {"data_dir": stages["tokenize"]["path"], "stats": stats, "report": report}
-
-
-@flow(name="build-corpus", log_prints=True)
-def build_corpus(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The stages, in order; returns each stage's output path and counters. With
-    `corpus.source=warc` the pages come from `corpus.warc_files` (e.g. Common Crawl) instead."""
-    c = cfg["corpus"]
-    work = Path(c["out_dir"]) / "stages"
-    urls, pages = crawl(cfg, work) if c["source"] == "fetch" else (None, None)
-    warcs = [pages["path"]] if pages else c["warc_files"]
-    texts = run(extract_task, cfg, urls and urls["path"], warcs, str(work / "extracted.jsonl.zst"), c["extract"])
-    english = run(language_task, cfg, texts["path"], str(work / "english.jsonl.zst"), c["language"])
-    unique = run(dedup_task, cfg, english["path"], str(work / "unique.jsonl.zst"), c["dedup"], c["dedup"]["index_path"])
-    clean = None
-    if c["decontaminate"]["enabled"]:  # drop documents that overlap the evaluation sets
-        clean = run(decontaminate_task, cfg, unique["path"], str(work / "decontaminated.jsonl.zst"), cfg["eval"],
-                    c["decontaminate"]["max_overlap"])
-    stages = {k: v for k, v in dict(urls=urls, fetch=pages, extract=texts, language=english, dedup=unique,
-                                    decontaminate=clean).items() if v}
-    stages["tokenize"] = run(tokenize_task, cfg, (clean or unique)["path"], str(token_dir(cfg)), c["tokenize"],
-                             merge_stats(*stages.values()))
-    return stages
+    with task_runner(cfg) as runner:
+        result = build_corpus.with_options(task_runner=runner)(cfg)
+    pipeline, out_dir = cfg["corpus"]["pipeline"], Path(cfg["corpus"]["out_dir"])
+    stats, sizes = result["stats"], output_sizes(out_dir)
+    report = write_report(stats, sizes, out_dir, pipeline)
+    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}", pipeline)
+    markdown = funnel_markdown(stats, pipeline, sizes)
+    create_markdown_artifact(markdown, key="corpus-funnel", description="Corpus funnel")
+    print(markdown)
+    return {**result, "report": report}
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import CONF_DIR, cached, checkpoint_path, load_config, to_dict, token_dir
 from model.benchmarks import results_table
-from tasks.evaluate import evaluate_task
+from tasks.lm.evaluate import evaluate_task
 
 
 @flow(name="evaluate", log_prints=True)

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from prefect import flow
 
 from flows.common import CONF_DIR, checkpoint_path, load_config, to_dict
-from tasks.generate import generate_task
+from tasks.lm.generate import generate_task
 
 
 @flow(name="generate")

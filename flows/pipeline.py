@@ -12,13 +12,13 @@ from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.train import train_flow
-from tasks.report import funnel
+from tasks.corpus.report import funnel
 
 
-def summary(corpus: dict[str, Any], metrics: dict[str, float], texts: list[str]) -> str:
+def summary(corpus: dict[str, Any], pipeline: list[dict[str, Any]], metrics: dict[str, float], texts: list[str]) -> str:
     """What a demo run shows at the end: the funnel, the val perplexity and the sample."""
     lines = ["", "=" * 72, "Corpus funnel:"]
-    lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"])]
+    lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"], pipeline)]
     val = metrics["val"]
     lines += [f"Val perplexity: {val['val/perplexity']:.2f} (over {val['val/tokens']:,.0f} tokens)",
               "Sample:", *texts, "=" * 72]
@@ -37,8 +37,9 @@ def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    result = pipeline_flow(to_dict(cfg))
-    print(summary(result["corpus"], result["eval"], result["samples"]))
+    config = to_dict(cfg)
+    result = pipeline_flow(config)
+    print(summary(result["corpus"], config["corpus"]["pipeline"], result["eval"], result["samples"]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import CONF_DIR, load_config, to_dict, token_dir
 from flows.corpus import corpus_flow
-from tasks.dumps import download_dumps_task
+from tasks.corpus.dumps import download_dumps_task
 
 DUMP_SUFFIXES = (".zst", ".xz", ".bz2", ".ndjson", ".jsonl")
 
@@ -29,25 +29,32 @@ def new_dumps(dumps_dir: Path, pattern: str, processed: list[str]) -> list[Path]
 
 
 def version_config(cfg: dict[str, Any], dumps: list[Path], version: int) -> dict[str, Any]:
-    """The corpus config of one refresh: its own folder, the shared URL store and dedup index."""
+    """The corpus config of one refresh: its own folder, the shared seen-URL store, and near-dup
+    removal against the kept documents of every earlier version."""
     vcfg = copy.deepcopy(cfg)
     c = vcfg["corpus"]
     c["dumps"] = [str(p) for p in dumps]
     c["out_dir"] = str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{version:04d}")
     c["name"] = f"{cfg['corpus']['name']}-v{version:04d}"
-    # seen_urls_db and dedup.index_path were resolved against the corpus root before out_dir
-    # changed, so every version shares them
+    c["dedup"]["against"] = [str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{v:04d}" / "tokens" / "manifest.json")
+                             for v in range(1, version)]
+    # seen_urls_dir was resolved against the corpus root before out_dir changed, so every version shares it
     return vcfg
 
 
 def merged_manifest(root: Path, versions: list[int]) -> dict[str, Any]:
     """A token manifest listing the shards of every given version, relative to root/tokens."""
     splits: dict[str, list] = {"train": [], "val": []}
+    kept, tokens = [], 0
     for v in versions:
         manifest = json.loads((root / "versions" / f"v{v:04d}" / "tokens" / "manifest.json").read_text())
+        folder = f"../versions/v{v:04d}/tokens"
         for split, shards in manifest["splits"].items():
-            splits[split] += [{**s, "bin": f"../versions/v{v:04d}/tokens/{s['bin']}"} for s in shards]
-    return {"version": versions[-1], "splits": splits, "tokenizer": "gpt2", "dtype": "uint16"}
+            splits[split] += [{**s, "bin": f"{folder}/{s['bin']}"} for s in shards]
+        kept += [{**k, "docs": f"{folder}/{k['docs']}", "bands": f"{folder}/{k['bands']}"} for k in manifest["kept"]]
+        tokens += manifest["stats"].get("tokenize/tokens", 0)
+    return {"version": versions[-1], "splits": splits, "kept": kept, "stats": {"tokenize/tokens": tokens},
+            "tokenizer": "gpt2", "dtype": "uint16"}
 
 
 @flow(name="corpus-refresh", log_prints=True)

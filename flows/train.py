@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows.common import CONF_DIR, cached, load_config, run_dir, to_dict, token_dir
 from flows.corpus import corpus_flow
-from tasks.train import train_task
+from tasks.lm.train import train_task
 
 TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "prompt")
 

@@ -6,6 +6,7 @@ the paper normalises by, or, for LAMBADA and CBT, the examples to score one by o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -26,6 +27,7 @@ PAPER = {
     ("enwik8", "bits/byte"): (1.16, 1.01, 0.97, 0.93), ("text8", "bits/char"): (1.17, 1.06, 1.02, 0.98),
     ("wikitext103", "perplexity"): (37.50, 26.37, 22.05, 17.48), ("1bw", "perplexity"): (75.20, 55.72, 44.575, 42.16),
 }
+log = logging.getLogger(__name__)
 PAPER_SIZES = {"gpt2": 0, "gpt2-medium": 1, "gpt2-large": 2, "gpt2-xl": 3}
 
 
@@ -135,6 +137,25 @@ LOADERS: dict[str, Callable[[Path], Benchmark]] = {
 
 
 # ---- metrics ----
+
+def available_benchmarks(cfg: dict) -> list[Benchmark]:
+    """The benchmarks whose files are under `cfg.benchmarks_dir`; the missing ones are logged and skipped."""
+    if not cfg["benchmarks_dir"]:
+        return []
+    found = []
+    for name, relative in cfg["benchmarks"].items():
+        path = Path(cfg["benchmarks_dir"]) / relative
+        if path.exists():
+            found.append(LOADERS[name](path))
+        else:
+            log.warning("benchmark %s skipped: %s not found", name, path)
+    return found
+
+
+def benchmark_text(bench: Benchmark) -> str:
+    """All the text of a benchmark: its body, or its examples' contexts and targets."""
+    return bench.text or "\n".join(" ".join(map(str, example[:2])) for example in bench.examples)
+
 
 def total_nll(model: torch.nn.Module, text: str, context: int, stride: int) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of a text's BPE tokens, and how many were scored."""

@@ -11,13 +11,42 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 
-def load_split(data_dir: Path, split: str) -> np.ndarray:
-    """All tokens of a split, concatenated in shard order (memory-mapped when there is one shard)."""
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    shards = [np.memmap(data_dir / s["bin"], dtype=np.uint16, mode="r") for s in manifest["splits"][split]]
-    if not shards:
-        raise FileNotFoundError(f"no {split} shards in {data_dir}: build the corpus first (make corpus)")
-    return shards[0] if len(shards) == 1 else np.concatenate(shards)
+class TokenShards:
+    """The token files of one split as one sequence: each file memory-mapped on first use, never
+    concatenated, so memory does not grow with the corpus. `tokens[a:b]` reads across file ends."""
+
+    def __init__(self, data_dir: Path, split: str):
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+        self.files = [data_dir / s["bin"] for s in manifest["splits"][split]]
+        if not self.files:
+            raise FileNotFoundError(f"no {split} shards in {data_dir}: build the corpus first (make corpus)")
+        sizes = [s["tokens"] for s in manifest["splits"][split]]
+        self.starts = np.cumsum([0] + sizes, dtype=np.int64)
+        self.maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _file(self, i: int) -> np.memmap:
+        if i not in self.maps:
+            self.maps[i] = np.memmap(self.files[i], dtype=np.uint16, mode="r")
+        return self.maps[i]
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(len(self))
+        first = int(np.searchsorted(self.starts, start, side="right") - 1)
+        parts, i = [], first
+        while start < stop:
+            local = start - int(self.starts[i])
+            take = min(stop - start, int(self.starts[i + 1]) - start)
+            parts.append(self._file(i)[local:local + take])
+            start, i = start + take, i + 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+
+
+def load_split(data_dir: Path, split: str) -> TokenShards:
+    """All tokens of a split, in shard order, read lazily from the memory-mapped shards."""
+    return TokenShards(data_dir, split)
 
 
 class RandomWindows(IterableDataset):
@@ -26,7 +55,7 @@ class RandomWindows(IterableDataset):
     `start` skips that many windows, so that a resumed run continues the exact stream.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, seed: int, start: int = 0):
+    def __init__(self, tokens: TokenShards | np.ndarray, block_size: int, seed: int, start: int = 0):
         if len(tokens) <= block_size:
             raise ValueError(f"{len(tokens)} tokens cannot fill a window of {block_size}")
         self.tokens, self.block_size, self.seed, self.start = tokens, block_size, seed, start
@@ -44,7 +73,7 @@ class RandomWindows(IterableDataset):
 class ConsecutiveWindows(Dataset):
     """Non-overlapping (x, y) windows covering a split once, for validation."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int):
+    def __init__(self, tokens: TokenShards | np.ndarray, block_size: int):
         self.tokens, self.block_size = tokens, block_size
 
     def __len__(self) -> int:

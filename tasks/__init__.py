@@ -1,1 +1,1 @@
-"""Corpus stages. Each module holds one pure function over a document stream plus a thin Prefect task."""
+"""Pipeline steps and their thin Prefect tasks: `corpus` builds token shards, `lm` trains, evaluates and samples."""

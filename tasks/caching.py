@@ -1,4 +1,4 @@
-"""Prefect cache keys for file-exchanging stages: input file contents, settings and the stage's code."""
+"""Prefect cache keys for file-exchanging stages: input file identities (size, mtime), settings and the stage's code."""
 from __future__ import annotations
 
 import hashlib
@@ -13,22 +13,22 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, or of every file under a folder (names and contents, in sorted order)."""
+def file_key(path: Path) -> str:
+    """A cheap identity of a file's contents: its size and modification time, never a hash of its
+    bytes (inputs are many GB at scale). A folder: the same for every file under it."""
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()
+    listing = [(str(f.relative_to(path)) if path.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+               for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-def _digests(value: Any) -> Any:
-    """A path, or a list of paths, replaced by the content digests of what they name (None stays None)."""
+def _file_keys(value: Any) -> Any:
+    """Paths to existing files, alone, in lists or in dicts, replaced by their `file_key`."""
     if isinstance(value, (list, tuple)):
-        return [_digests(v) for v in value]
-    return None if value is None else file_digest(Path(value))
+        return [_file_keys(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _file_keys(v) for k, v in value.items()}
+    return file_key(Path(value)) if isinstance(value, str) and Path(value).exists() else value
 
 
 PROJECT_PACKAGES = {"tasks", "model", "flows", "sample"}
@@ -51,7 +51,7 @@ def code_version(module: ModuleType) -> str:
 
 @dataclass
 class FilesAndCode(CachePolicy):
-    """Key = contents of the input files named in `files` + the other inputs + the code of the task.
+    """Key = size and mtime of the input files named in `files` + the other inputs + the code of the task.
 
     Parameters in `exclude` (such as a proxy address that changes every run) are not keyed.
     Results are stored beside the outputs (see `flows.common.cached`), so removing the data
@@ -65,7 +65,12 @@ class FilesAndCode(CachePolicy):
                     **kwargs: Any) -> str | None:
         if task_ctx is None:
             return None
-        keyed = {k: _digests(v) if k in self.files else v for k, v in inputs.items() if k not in self.exclude}
-        code = code_version(inspect.getmodule(task_ctx.task.fn))
-        payload = json.dumps([keyed, code], sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        keyed = {k: v for k, v in inputs.items() if k not in self.exclude}
+        return fingerprint(keyed, self.files, inspect.getmodule(task_ctx.task.fn))
+
+
+def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleType) -> str:
+    """One hash of a task's inputs (the files named in `files` by `file_key`) and its code version."""
+    keyed = {k: _file_keys(v) if k in files else v for k, v in inputs.items()}
+    payload = json.dumps([keyed, code_version(module)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -8,8 +8,8 @@ import torch
 from model import GPT, GPTConfig
 from model.benchmarks import (LOADERS, cbt_accuracy, detokenize_1bw, detokenize_ptb, detokenize_wikitext,
                               lambada_scores, normalised, results_table, score, word_count)
-from tasks.contamination import drop_contaminated, ngram_filter, overlap
-from tasks.document import Document
+from tasks.corpus.contamination import drop_contaminated, ngram_filter, overlap
+from tasks.corpus.document import Document
 from model.bpe import gpt2_encoding
 
 WIKITEXT = """ 

@@ -4,7 +4,7 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from flows.common import load_config
 from flows.corpus import corpus_flow
-from tasks.report import funnel
+from tasks.corpus.report import funnel
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import redis
 
 from bench.neardup import benchmark_stream, exact_duplicates, precision_recall
 from sample.build import TOPICS, article
-from tasks.dedup import NearDuplicateIndex, drop_near_duplicates, jaccard as exact_jaccard, near_duplicates, shingle_hashes
-from tasks.document import Document
+from tasks.corpus.neardup import NearDuplicateIndex, drop_near_duplicates, jaccard as exact_jaccard, near_duplicates, shingle_hashes
+from tasks.corpus.document import Document
 from tests.conftest import shared_path
 
 

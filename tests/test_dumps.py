@@ -11,7 +11,7 @@ import zstandard
 from flows.common import load_config
 from flows.refresh import refresh_flow
 from sample.build import DUMP
-from tasks.dumps import download_new_dumps, dump_name
+from tasks.corpus.dumps import download_new_dumps, dump_name
 
 FILES = {"/RS_2019-01.zst": random.Random(1).randbytes(3_000_000), "/RS_2019-02.zst": random.Random(2).randbytes(1000)}
 

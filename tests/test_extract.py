@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sample.web import WEB_ROOT
-from tasks.extract import decode_html, extract, shingle_scores, without_edge_boilerplate
+from tasks.corpus.extract import decode_html, extract, shingle_scores, without_edge_boilerplate
 from tests.conftest import shared_path
 
 SAMPLE_PAGE = WEB_ROOT / "www.harbourgazette.example" / "news" / "2019" / "recycling-00.html"

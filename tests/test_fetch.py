@@ -9,9 +9,9 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from flows.common import load_config
-from tasks.document import Document, write_documents
-from tasks.extract import extract_documents, warc_pages
-from tasks.fetch import fetch_pages, fetch_task
+from tasks.corpus.document import Document, write_documents
+from tasks.corpus.extract import extract_documents, warc_pages
+from tasks.corpus.fetch import fetch_pages, fetch_task
 from tests.webserver import ARTICLE, TestWeb
 
 FETCH = {**load_config()["corpus"]["fetch"], "retries": 2, "backoff_s": 0.01, "read_timeout_s": 0.5,
@@ -93,7 +93,7 @@ def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
 
 KILLABLE = """
 import sys
-from tasks.fetch import fetch_task
+from tasks.corpus.fetch import fetch_task
 fetch_task.fn(sys.argv[1], sys.argv[2], {fetch!r})
 """
 

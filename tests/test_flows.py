@@ -15,7 +15,7 @@ from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.train import train_flow
 from model.lit import load_gpt
-from tasks.report import funnel
+from tasks.corpus.report import funnel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
 
 def test_decontamination_drops_documents_that_overlap_an_eval_set(demo, tmp_path):
     from flows.common import load_config
-    from tasks.document import read_documents
+    from tasks.corpus.document import read_documents
 
     cfg, _ = demo
     docs = list(read_documents(Path(cfg["corpus"]["out_dir"]) / "tokens" / "documents.jsonl.zst"))

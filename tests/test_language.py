@@ -3,8 +3,8 @@ from collections import Counter
 import pytest
 
 from sample.build import NON_ENGLISH
-from tasks.document import Document
-from tasks.language import detector, identify, keep_language
+from tasks.corpus.document import Document
+from tasks.corpus.language import detector, identify, keep_language
 
 ENGLISH = ("The council agreed on Tuesday to extend the bus lanes along the harbour road, "
            "after residents complained about long delays during the morning rush.")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tokenizers import ByteLevelBPETokenizer
 
-from tasks.document import Document, read_documents, url_id, write_documents
+from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from model.bpe import EOT, gpt2_encoding
-from tasks.tokenize import is_val, tokenize_task
+from tasks.corpus.tokenize import is_val, tokenize_task
 
 TEXTS = ["Hello world!", "  leading spaces and\ttabs\n\nnew lines", "Ünïcödé, emoji 🚀 and 日本語",
          "it's we've they'll I'm 12345 3.14 $5", "<|endoftext|> is plain text here", "a" * 500]

@@ -7,7 +7,7 @@ import pytest
 import zstandard
 
 from flows.common import load_config
-from tasks.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls
+from tasks.corpus.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls
 from tests.conftest import shared_path
 
 CFG = load_config()["corpus"]["urls"]

@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
@@ -25,6 +25,7 @@ class Document:
     lang: str = ""
     lang_prob: float = 0.0
     n_tokens: int = 0
+    html: str = field(default="", repr=False)  # the fetched page, only until extraction; never stored
 
 
 def url_id(url: str) -> str:
@@ -39,7 +40,9 @@ def write_documents(path: Path, docs: Iterable[Document]) -> int:
     n = 0
     with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as zst:
         for doc in docs:
-            zst.write(json.dumps(dataclasses.asdict(doc), ensure_ascii=False).encode() + b"\n")
+            record = dataclasses.asdict(doc)
+            del record["html"]
+            zst.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
             n += 1
     tmp.replace(path)
     return n
@@ -50,3 +53,10 @@ def read_documents(path: Path) -> Iterator[Document]:
     with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst:
         for line in io.TextIOWrapper(zst, encoding="utf-8"):
             yield Document(**json.loads(line))
+
+
+def corpus_documents(tokens_dir: Path) -> Iterator[Document]:
+    """Stream every kept document of a built corpus, shard after shard, as its manifest lists them."""
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    for kept in manifest["kept"]:
+        yield from read_documents(tokens_dir / kept["docs"])

@@ -13,7 +13,7 @@ from httpx_retries import RetryTransport
 from prefect import task
 from tqdm import tqdm
 
-from tasks.fetch import retry_policy
+from tasks.corpus.fetch import retry_policy
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,15 @@
-"""Stage 6, tokenize: GPT-2 BPE ids (identical to tiktoken's "gpt2") in uint16 shards, split train/val."""
+"""Step tokenize: GPT-2 BPE ids (identical to tiktoken's "gpt2") in uint16 shards, split train/val."""
 from __future__ import annotations
 
-import json
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
-from tqdm import tqdm
 
 from model.bpe import EOT, gpt2_encoding
-from tasks.caching import FilesAndCode, code_version
-from tasks.document import Document, read_documents, write_documents
+from tasks.corpus.document import Document
 
 def is_val(doc_id: str, val_fraction: float) -> bool:
     """Deterministic split by document hash: the same document always lands in the same split."""
@@ -46,10 +41,11 @@ def tokenize_documents(docs: Iterable[Document], min_tokens: int, stats: Counter
 
 
 class ShardWriter:
-    """Appends documents (ids + EOT) to uint16 `.bin` shards with an `.idx.npy` of document offsets."""
+    """Appends documents (ids + EOT) to uint16 `.bin` files named `<prefix>_NNNNN.bin`, each with an
+    `.idx.npy` of document offsets, starting a new file every `shard_tokens` tokens."""
 
-    def __init__(self, out_dir: Path, split: str, shard_tokens: int):
-        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+    def __init__(self, out_dir: Path, prefix: str, shard_tokens: int):
+        self.out_dir, self.prefix, self.shard_tokens = out_dir, prefix, shard_tokens
         self.shards: list[dict[str, Any]] = []
         self.buffer: list[np.ndarray] = []
         self.n_buffered = 0
@@ -63,7 +59,7 @@ class ShardWriter:
     def flush(self) -> list[dict[str, Any]]:
         """Write what is buffered as one shard; returns every shard written so far."""
         if self.buffer:
-            name = f"{self.split}_{len(self.shards):05d}"
+            name = f"{self.prefix}_{len(self.shards):05d}"
             offsets = np.cumsum([0] + [len(a) for a in self.buffer], dtype=np.int64)
             np.concatenate(self.buffer).tofile(self.out_dir / f"{name}.bin")
             np.save(self.out_dir / f"{name}.idx.npy", offsets)
@@ -78,20 +74,3 @@ def route_to_shards(tokenized: Iterable[tuple[Document, list[int]]], writers: di
     for doc, ids in tokenized:
         writers["val" if is_val(doc.id, val_fraction) else "train"].add(ids)
         yield doc
-
-
-@task(name="tokenize", cache_policy=FilesAndCode(files=("docs_path",)))
-def tokenize_task(docs_path: str, out: str, cfg: dict[str, Any], funnel: dict[str, Any]) -> dict[str, Any]:
-    """Tokenize the documents of `docs_path` into shards under `out`, with documents and a manifest."""
-    stats: Counter = Counter()
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs = tqdm(read_documents(Path(docs_path)), desc="tokenize", unit="doc")
-    writers = {split: ShardWriter(out_dir, split, cfg["shard_tokens"]) for split in ("train", "val")}
-    tokenized = tokenize_documents(docs, cfg["min_tokens"], stats)
-    write_documents(out_dir / "documents.jsonl.zst", route_to_shards(tokenized, writers, cfg["val_fraction"]))
-    manifest = {"splits": {split: w.flush() for split, w in writers.items()},
-                "stats": {**funnel, **stats}, "config": cfg, "code_version": code_version(sys.modules[__name__]),
-                "tokenizer": "gpt2", "dtype": "uint16", "eot": EOT}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return {"path": out, "stats": dict(stats)}

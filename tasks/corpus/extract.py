@@ -1,13 +1,11 @@
-"""Stage 3, extract: the article text of each fetched page (newspaper3k or trafilatura)."""
+"""Step extract: the article text of each fetched page (newspaper3k, trafilatura or their ensemble)."""
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 # tldextract (used by newspaper3k) would otherwise download the public suffix list.
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
@@ -15,12 +13,10 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 import charset_normalizer  # noqa: E402
 import newspaper  # noqa: E402
 import trafilatura  # noqa: E402
-from prefect import task  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 from warcio.archiveiterator import ArchiveIterator  # noqa: E402
 
-from tasks.caching import FilesAndCode  # noqa: E402
-from tasks.document import Document, read_documents, url_id, write_documents  # noqa: E402
+from tasks.corpus.document import Document  # noqa: E402
+from tasks.corpus.step import Step  # noqa: E402
 
 log = logging.getLogger(__name__)
 CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
@@ -116,49 +112,39 @@ def shingle_scores(predicted: str, truth: str, n: int = 4) -> tuple[float, float
     return precision, recall, 2 * precision * recall / (precision + recall) if overlap else 0.0
 
 
-def warc_pages(path: Path) -> Iterator[tuple[str, str]]:
-    """(url, decoded html) of each response record in a WARC file."""
+def warc_records(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str, str]]:
+    """(offset, url, decoded html) of each response record in a WARC file that starts at a byte
+    offset in [start, end): a big WARC is cut into shards by byte ranges, and every record belongs
+    to exactly one of them."""
     with open(path, "rb") as fh:
-        for record in ArchiveIterator(fh):
-            if record.rec_type != "response":
+        records = ArchiveIterator(fh)
+        for record in records:
+            body = record.content_stream().read() if record.rec_type == "response" else b""
+            offset = records.get_record_offset()  # known once the record is read
+            if end is not None and offset >= end:
+                return
+            if offset < start or record.rec_type != "response":
                 continue
             content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
-            body = record.content_stream().read()
-            yield record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
+            yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
 
 
-def extract_documents(pages: Iterable[tuple[Document, str]], method: str, stats: Counter) -> Iterator[Document]:
-    """Fill in each document's text; pages without an article, or that break the extractor, are dropped."""
-    for doc, html in pages:
-        try:
-            doc.text = extract(html, doc.url, method)
-        except Exception as err:  # a broken page must not stop the run
-            stats[f"extract/error_{type(err).__name__}"] += 1
-            log.warning("extract %s: %s: %s", doc.url, type(err).__name__, err)
-            continue
-        if doc.text:
-            stats["extract/kept"] += 1
-            yield doc
-        else:
-            stats["extract/empty"] += 1
+def warc_pages(path: Path) -> Iterator[tuple[str, str]]:
+    """(url, decoded html) of each response record in a WARC file."""
+    return ((url, html) for _, url, html in warc_records(path))
 
 
-def documents_for(pages: Iterable[tuple[str, str]], urls_path: str | None) -> Iterator[tuple[Document, str]]:
-    """Pair each page with its URL stage document, or, reading WARC files made elsewhere (Common
-    Crawl style, no `urls_path`), with a new document for its URL."""
-    by_url = {doc.url: doc for doc in read_documents(Path(urls_path))} if urls_path else {}
-    for url, html in pages:
-        if urls_path is None:
-            yield Document(id=url_id(url), url=url), html
-        elif url in by_url:
-            yield by_url[url], html
+class Extract(Step):
+    """The article text of each fetched page; pages without one, or that break the extractor, are dropped."""
 
+    name, label = "extract", "extracted"
 
-@task(name="extract", cache_policy=FilesAndCode(files=("urls_path", "warc_paths")))
-def extract_task(urls_path: str | None, warc_paths: list[str], out: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Extract the article text of every page in the WARC files; writes documents to `out`."""
-    stats: Counter = Counter()
-    pages = (page for path in warc_paths for page in warc_pages(Path(path)))
-    docs = documents_for(tqdm(pages, desc="extract", unit="page"), urls_path)
-    write_documents(Path(out), extract_documents(docs, cfg["method"], stats))
-    return {"path": out, "stats": dict(stats)}
+    def __init__(self, method: str = "ensemble", enabled: bool = True):
+        super().__init__(enabled)
+        if method not in ("newspaper", "trafilatura", "ensemble"):
+            raise ValueError(f"unknown extractor {method!r}: use 'newspaper', 'trafilatura' or 'ensemble'")
+        self.method = method
+
+    def reject(self, doc: Document) -> str | None:
+        doc.text, doc.html = extract(doc.html, doc.url, self.method), ""
+        return None if doc.text else "empty"

@@ -1,25 +1,27 @@
-"""Stage 1, urls: Reddit submissions from Pushshift dumps -> unique, normalised article URLs."""
+"""Stage urls: Reddit submissions from Pushshift dumps -> unique, normalised article URLs."""
 from __future__ import annotations
 
 import bz2
 import html
 import io
+import itertools
 import json
 import logging
 import lzma
-import sqlite3
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
+import xxhash
 import zstandard
 from prefect import task
 from tqdm import tqdm
 
 from tasks.caching import FilesAndCode
-from tasks.document import Document, url_id, write_documents
+from tasks.corpus.document import Document, url_id, write_documents
 
 log = logging.getLogger(__name__)
 
@@ -144,28 +146,45 @@ def rejection(record: dict[str, Any], cfg: dict[str, Any]) -> str | None:
 
 
 class SeenUrls:
-    """Normalised URLs already taken from earlier dumps, kept on disk (SQLite) across runs.
+    """Normalised URLs taken by earlier dumps: one sorted array of 64-bit URL hashes per dump, in a
+    folder that every run (and every machine sharing the store) reads.
 
-    Each URL remembers the dump it first came from, so reprocessing that same dump yields it
-    again (a rerun is idempotent) while any later dump that links it again skips it.
+    Reprocessing a dump yields its URLs again (a rerun is idempotent: its own file is not consulted),
+    while a later dump that links one again skips it. Only the current run's hashes are held in RAM;
+    earlier dumps' files are memory-mapped and searched.
     """
 
-    def __init__(self, path: Path | None):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(":memory:" if path is None else path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS seen (url TEXT PRIMARY KEY, dump TEXT NOT NULL)")
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.earlier = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))} if folder else {}
+        self.added: dict[str, set[int]] = defaultdict(set)
 
-    def first_dump(self, url: str) -> str | None:
-        row = self.db.execute("SELECT dump FROM seen WHERE url = ?", (url,)).fetchone()
-        return row[0] if row else None
+    @staticmethod
+    def key(url: str) -> int:
+        return xxhash.xxh3_64_intdigest(url.encode())
+
+    def seen_before(self, url: str, dump: str) -> bool:
+        """Whether another dump, in an earlier run or in this one, already gave this URL."""
+        h = self.key(url)
+        for name, hashes in self.earlier.items():
+            if name != dump and hashes.size and hashes[min(np.searchsorted(hashes, h), hashes.size - 1)] == h:
+                return True
+        return any(h in added for name, added in self.added.items() if name != dump)
 
     def add(self, url: str, dump: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (url, dump))
+        self.added[dump].add(self.key(url))
 
     def close(self) -> None:
-        self.db.commit()
-        self.db.close()
+        """Write each dump's hashes (merged with what an earlier run of that dump wrote)."""
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for dump, added in self.added.items():
+            old = self.earlier.get(dump, np.zeros(0, dtype=np.uint64))
+            merged = np.union1d(old, np.fromiter(added, dtype=np.uint64, count=len(added)))
+            tmp = self.folder / f"{dump}.tmp.npy"
+            np.save(tmp, merged)
+            tmp.replace(self.folder / f"{dump}.npy")
 
 
 def select_urls(records: Iterable[tuple[str, dict[str, Any]]], cfg: dict[str, Any], stats: Counter,
@@ -183,8 +202,7 @@ def select_urls(records: Iterable[tuple[str, dict[str, Any]]], cfg: dict[str, An
         if key in taken:
             stats["urls/dropped_duplicate"] += 1
             continue
-        first = seen.first_dump(key)
-        if first not in (None, dump):
+        if seen.seen_before(key, dump):
             stats["urls/dropped_seen_before"] += 1
             continue
         taken.add(key)
@@ -197,15 +215,25 @@ def select_urls(records: Iterable[tuple[str, dict[str, Any]]], cfg: dict[str, An
                        created_utc=int(float(record.get("created_utc") or 0)))
 
 
+def shard_documents(docs: Iterable[Document], out_dir: Path, shard_docs: int) -> list[str]:
+    """Write the documents in files of `shard_docs` each (00000.jsonl.zst, ...); returns their paths."""
+    paths: list[str] = []
+    docs = iter(docs)
+    while chunk := list(itertools.islice(docs, shard_docs)):
+        path = out_dir / f"{len(paths):05d}.jsonl.zst"
+        write_documents(path, chunk)
+        paths.append(str(path))
+    return paths
+
+
 @task(name="urls", cache_policy=FilesAndCode(files=("dumps",)))
-def urls_task(dumps: list[str], out: str, cfg: dict[str, Any], seen_db: str | None = None) -> dict[str, Any]:
-    """Read the dumps and write the kept URLs as documents to `out` (jsonl.zst); `seen_db` is the
-    SQLite file of URLs taken by earlier runs."""
+def urls_task(dumps: list[str], out_dir: str, cfg: dict[str, Any], shard_docs: int,
+              seen_dir: str | None = None) -> dict[str, Any]:
+    """Read the dumps and write the kept URLs as documents, in shards of `shard_docs`, under `out_dir`;
+    `seen_dir` holds the URLs taken by earlier runs."""
     stats: Counter = Counter()
     records = read_submissions(tqdm([Path(p) for p in dumps], desc="urls", unit="dump"), stats)
-    seen = SeenUrls(Path(seen_db) if seen_db else None)
-    try:
-        write_documents(Path(out), select_urls(records, cfg, stats, seen))
-    finally:
-        seen.close()
-    return {"path": out, "stats": dict(stats)}
+    seen = SeenUrls(Path(seen_dir) if seen_dir else None)
+    shards = shard_documents(select_urls(records, cfg, stats, seen), Path(out_dir), shard_docs)
+    seen.close()  # only after every shard is written: a killed run leaves no URL marked seen but unsaved
+    return {"shards": shards, "stats": dict(stats)}

@@ -1,0 +1,184 @@
+"""Near-duplicate removal in external memory: MinHash LSH over word 5-grams, confirmed by exact Jaccard.
+
+The rule: a document is dropped when the exact Jaccard of its word 5-gram set with an earlier kept
+document is above `threshold` (0.5); "earlier" is corpus order (earlier versions, then shard, then
+position in the shard). It runs in phases, each parallel and each bounded by a shard or a band:
+
+1. signatures: each shard writes `bands.npy`, `bands` uint64 band hashes per document (160 bytes);
+2. candidates: per band, that band's column of every shard is sorted, and documents sharing a
+   bucket become candidate pairs (16 bytes per document of one band in RAM);
+3. confirm: per shard, each candidate pair (earlier, later) with the later document in the shard is
+   checked by exact Jaccard, re-shingling both texts from their shards;
+4. decide: walk the confirmed pairs in corpus order; a document is dropped when a confirmed partner
+   before it was kept (only confirmed pairs are held in RAM);
+5. filter: each shard drops its documents in the decision as it is tokenized (`tasks.corpus.shards`).
+
+A refresh lists the earlier versions' kept documents first (their `bands-*.npy` and documents), so
+new months are checked against all of them, one band at a time, and never drop an old document.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from tasks.corpus.document import read_documents
+
+GRAM_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant that mixes word hashes into n-gram hashes
+
+
+def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
+    """The sorted, unique 64-bit hashes of a text's lower-cased word n-grams (one gram if it is shorter)."""
+    words = text.lower().encode().split()
+    if not words:
+        return np.zeros(0, dtype=np.uint64)
+    word_hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, words), dtype=np.uint64, count=len(words))
+    m = max(1, len(words) - n + 1)
+    grams = word_hashes[:m].copy()
+    for k in range(1, min(n, len(words))):  # wrapping uint64 arithmetic, as intended
+        grams = grams * GRAM_MIX ^ word_hashes[k:k + m]
+    grams *= GRAM_MIX
+    grams ^= grams >> np.uint64(31)
+    grams.sort()
+    return grams[np.concatenate(([True], grams[1:] != grams[:-1]))]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted unique hash arrays."""
+    if a.size > b.size:
+        a, b = b, a
+    found = np.searchsorted(b, a)
+    common = int(np.count_nonzero(b[np.minimum(found, b.size - 1)] == a)) if b.size else 0
+    return common / (a.size + b.size - common) if a.size + b.size else 1.0
+
+
+def sketch(grams: np.ndarray, num_perm: int) -> np.ndarray:
+    """A one-permutation MinHash (`num_perm` uint32 values) of a sorted n-gram hash set, in O(n).
+
+    The hashes are split into `num_perm` bins by their top bits; since they are sorted, the
+    minimum of each bin is its first element. An empty bin borrows the next non-empty bin's
+    minimum (rotation densification). Two sets agree in a bin about as often as their Jaccard.
+    """
+    if not grams.size:  # an empty document: the "empty set" sketch
+        return np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
+    k, bins_wanted = np.uint64(num_perm), np.arange(num_perm, dtype=np.uint64)
+    bins = ((grams >> np.uint64(32)) * k) >> np.uint64(32)
+    first = np.searchsorted(bins, bins_wanted)
+    borrowed = (first == grams.size) | (bins[np.minimum(first, grams.size - 1)] != bins_wanted)
+    first[first == grams.size] = 0
+    values = grams[first] ^ (borrowed * np.arange(1, num_perm + 1, dtype=np.uint64) * GRAM_MIX)
+    return (values & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def band_hashes(text: str, bands: int = 20, rows: int = 2, ngram: int = 5) -> np.ndarray:
+    """The `bands` LSH bucket keys of a text: each band's `rows` sketch values mixed into one uint64.
+
+    A pair becomes a candidate when all `rows` values of one band agree: with 20 x 2, a pair at
+    Jaccard 0.5 does so with probability 1 - (1 - 0.5^2)^20 = 0.997, at 0.6 with 0.9999.
+    """
+    values = sketch(shingle_hashes(text, ngram), bands * rows).reshape(bands, rows).astype(np.uint64)
+    keys = np.zeros(bands, dtype=np.uint64)
+    for r in range(rows):  # wrapping uint64 arithmetic, as intended
+        keys = keys * GRAM_MIX ^ values[:, r]
+    return keys * GRAM_MIX ^ np.arange(bands, dtype=np.uint64)
+
+
+@dataclass
+class Source:
+    """One shard of documents as dedup sees it: its documents file, its band file, how many it holds,
+    and whether it belongs to an earlier corpus version (kept as it is: never dropped, never rechecked)."""
+
+    docs: str
+    bands: str
+    n: int
+    earlier: bool = False
+
+
+def offsets(sources: list[Source]) -> np.ndarray:
+    """Global number of each source's first document (corpus order), and the total at the end."""
+    return np.cumsum([0] + [s.n for s in sources], dtype=np.int64)
+
+
+def candidate_pairs(keys: np.ndarray, n_earlier: int, max_bucket: int) -> np.ndarray:
+    """(earlier, later) global numbers of documents that share a bucket of one band.
+
+    `keys[g]` is document g's key in this band; documents below `n_earlier` come from earlier
+    versions and are never paired with each other. A bucket larger than `max_bucket` (thousands of
+    copies of one page) pairs each member with its first `max_bucket` members only, which still
+    drops every exact copy but bounds the pairs.
+    """
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    sizes = np.diff(np.append(starts, keys.size))
+    pairs = []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        members = np.sort(order[start:start + size])
+        for a in range(min(size - 1, max_bucket)):
+            later = members[a + 1:]
+            later = later[later >= n_earlier]
+            pairs.append(np.stack([np.full(later.size, members[a]), later], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def band_candidates(sources: list[Source], band: int, max_bucket: int) -> np.ndarray:
+    """Candidate pairs of one band over every source, reading only that band's column of each file."""
+    columns = [np.load(s.bands, mmap_mode="r")[:, band] for s in sources if s.n]
+    keys = np.concatenate(columns) if columns else np.zeros(0, dtype=np.uint64)
+    return candidate_pairs(keys, sum(s.n for s in sources if s.earlier), max_bucket)
+
+
+def texts_of(source: Source, positions: Iterable[int]) -> dict[int, str]:
+    """The texts at the given positions of one source's documents file, read in one pass."""
+    wanted, found = set(positions), {}
+    for i, doc in enumerate(read_documents(Path(source.docs))):
+        if i in wanted:
+            found[i] = doc.text
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def confirm(pairs: np.ndarray, sources: list[Source], threshold: float, ngram: int) -> np.ndarray:
+    """The candidate pairs whose exact word n-gram Jaccard is above `threshold`."""
+    starts = offsets(sources)
+    needed: dict[int, set[int]] = defaultdict(set)
+    for g in np.unique(pairs):
+        s = int(np.searchsorted(starts, g, side="right") - 1)
+        needed[s].add(int(g - starts[s]))
+    grams = {int(starts[s] + i): shingle_hashes(text, ngram)
+             for s, positions in needed.items() for i, text in texts_of(sources[s], positions).items()}
+    return above_threshold(pairs, grams, threshold)
+
+
+def above_threshold(pairs: np.ndarray, grams: dict[int, np.ndarray], threshold: float) -> np.ndarray:
+    """The pairs whose exact Jaccard, from each document's n-gram set in `grams`, is above `threshold`."""
+    keep = np.array([jaccard(grams[int(a)], grams[int(b)]) > threshold for a, b in pairs], dtype=bool)
+    return pairs[keep] if len(pairs) else pairs
+
+
+def dropped(confirmed: np.ndarray) -> np.ndarray:
+    """Global numbers of the documents to drop: walking the confirmed pairs in corpus order, a
+    document goes when a partner before it was kept (the first of a group of copies stays)."""
+    gone: set[int] = set()
+    for later, earlier in sorted(zip(confirmed[:, 1].tolist(), confirmed[:, 0].tolist())):
+        if later not in gone and earlier not in gone:
+            gone.add(later)
+    return np.array(sorted(gone), dtype=np.int64)
+
+
+def near_duplicates(docs: list[tuple[str, str]], threshold: float = 0.5, bands: int = 20, rows: int = 2,
+                    ngram: int = 5, max_bucket: int = 64) -> list[str]:
+    """Ids of the documents of an in-memory list that the phases above drop, in list order: the same
+    rule and code path as the sharded run, for tests, benchmarks and small inputs."""
+    if not docs:
+        return []
+    keys = np.stack([band_hashes(text, bands, rows, ngram) for _, text in docs])
+    pairs = np.unique(np.concatenate([candidate_pairs(keys[:, b], 0, max_bucket) for b in range(bands)]), axis=0)
+    grams = {int(g): shingle_hashes(docs[int(g)][1], ngram) for g in np.unique(pairs)}
+    return [docs[int(g)][0] for g in dropped(above_threshold(pairs, grams, threshold))]

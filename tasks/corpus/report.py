@@ -1,0 +1,98 @@
+"""The corpus funnel: how many records survive each stage, as Markdown, JSON, a PNG chart and a W&B run."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+from tasks.corpus.step import funnel_rows
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SOURCE_ROWS = [("records read", "urls/records_read"), ("URLs kept", "urls/kept"), ("fetched", "fetch/ok")]
+FINAL_ROWS = [("after dedup", "dedup/kept"), ("≥ min tokens", "tokenize/kept"), ("tokens", "tokenize/tokens")]
+
+
+def funnel(stats: dict[str, int], pipeline: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(stage, count) from records read to tokens written, with a row for each enabled pipeline step."""
+    return [(label, int(stats.get(key, 0))) for label, key in SOURCE_ROWS + funnel_rows(pipeline) + FINAL_ROWS]
+
+
+def breakdown(stats: dict[str, int], prefix: str) -> dict[str, int]:
+    """The counters whose names start with `prefix`, e.g. fetch outcomes or languages, largest first."""
+    items = {k[len(prefix):].lstrip("/_"): v for k, v in stats.items() if k.startswith(prefix)}
+    return dict(sorted(items.items(), key=lambda kv: -kv[1]))
+
+
+def funnel_markdown(stats: dict[str, int], pipeline: list[dict[str, Any]], sizes: dict[str, int] | None = None) -> str:
+    """The funnel, the size of each stage's output, and every counter behind them, as Markdown."""
+    rows = "\n".join(f"| {label} | {count:,} |" for label, count in funnel(stats, pipeline))
+    text = f"## Corpus funnel\n\n| stage | count |\n|---|---:|\n{rows}\n"
+    if sizes:
+        text += "\n| stage output | bytes |\n|---|---:|\n" + "\n".join(f"| {k} | {v:,} |" for k, v in sizes.items()) + "\n"
+    details = "\n".join(f"| `{key}` | {value:,} |" for key, value in sorted(stats.items()))
+    return text + f"\n### All counters\n\n| counter | value |\n|---|---:|\n{details}\n"
+
+
+def plot_funnel(stats: dict[str, int], pipeline: list[dict[str, Any]], path: Path) -> None:
+    """Three panels: documents left after each stage, fetch outcomes, and languages."""
+    panels = [("Documents after each stage", dict(funnel(stats, pipeline)[:-1])),
+              ("Fetch outcomes", breakdown(stats, "fetch")),
+              ("Languages (top 10)", dict(list(breakdown(stats, "language/lang").items())[:10]))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (title, counts) in zip(axes, panels):
+        labels, values = list(counts)[::-1], list(counts.values())[::-1]
+        ax.barh(labels, values, color="#4c72b0")
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:,}", va="center", fontsize=8)
+        ax.set_title(title)
+        ax.margins(x=0.2)
+    fig.suptitle(f"Corpus funnel: {stats.get('tokenize/tokens', 0):,} tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path,
+                 pipeline: list[dict[str, Any]]) -> dict[str, str]:
+    """Write funnel.md, funnel.json and funnel.png to `out_dir`; returns their paths."""
+    paths = {"md": out_dir / "funnel.md", "json": out_dir / "funnel.json", "png": out_dir / "funnel.png"}
+    paths["md"].write_text(funnel_markdown(stats, pipeline, sizes))
+    paths["json"].write_text(json.dumps({"funnel": dict(funnel(stats, pipeline)), "bytes": sizes, "stats": stats},
+                                        indent=2))
+    plot_funnel(stats, pipeline, paths["png"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str, Any], name: str,
+                 pipeline: list[dict[str, Any]]) -> str | None:
+    """Log the funnel as a W&B run (job type "corpus"): counters, a table and the chart. Returns its folder."""
+    if not logger["enabled"]:
+        return None
+    import wandb
+
+    Path(logger["save_dir"]).mkdir(parents=True, exist_ok=True)
+    with wandb.init(project=logger["project"], name=name, job_type="corpus", dir=logger["save_dir"],
+                    mode=logger["mode"]) as run:
+        run.log({f"corpus/{k}": v for k, v in stats.items()})
+        run.log({"corpus/funnel": wandb.Table(columns=["stage", "count"], data=[list(r) for r in funnel(stats, pipeline)]),
+                 "corpus/funnel_chart": wandb.Image(report["png"])})
+        return str(Path(run.dir).parent)
+
+
+def merge_stats(*results: dict[str, Any]) -> dict[str, int]:
+    """The counters of every task of a run (shards, stages), added up."""
+    total: Counter = Counter()
+    for result in results:
+        total.update(result["stats"])
+    return dict(sorted(total.items()))
+
+
+def output_sizes(out_dir: Path) -> dict[str, int]:
+    """Bytes under each stage's folder of a corpus (urls, pages, shards, tokens...)."""
+    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            for d in sorted(out_dir.iterdir()) if d.is_dir()}

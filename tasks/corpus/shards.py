@@ -1,0 +1,194 @@
+"""The sharded corpus: one chain of per-document steps per shard, the near-dup phases, then the
+filter-and-tokenize pass per shard.
+
+Every shard writes its own files under its folder and, last, a done marker holding its counters and
+the fingerprint of its inputs, settings and code; a rerun after a kill reuses every shard whose
+marker matches and redoes the others, so nothing is lost or written twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+
+from tasks.caching import FilesAndCode, fingerprint
+from tasks.corpus.document import Document, read_documents, url_id, write_documents
+from tasks.corpus.extract import warc_records
+from tasks.corpus.neardup import Source, band_candidates, band_hashes, confirm
+from tasks.corpus.step import Step, build_steps, run_steps
+from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
+
+log = logging.getLogger(__name__)
+
+
+def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[dict[str, Any]]:
+    """Cut WARC files into shards by byte ranges of about `shard_bytes`: a record belongs to the
+    shard in which it starts, so every record is read by exactly one shard."""
+    shards = []
+    for path in warc_files:
+        size = Path(path).stat().st_size
+        parts = max(1, math.ceil(size / shard_bytes))
+        for k in range(parts):
+            end = None if k == parts - 1 else (k + 1) * shard_bytes
+            shards.append({"id": f"{len(shards):05d}", "warc": str(path), "start": k * shard_bytes, "end": end,
+                           "urls": None})
+    return shards
+
+
+class Progress:
+    """Logs a shard's documents/s and, when its size is known, its ETA, every `every_s` seconds."""
+
+    def __init__(self, name: str, total: int | None = None, every_s: float = 15.0):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, fraction: float | None = None) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last, rate = now, self.done / (now - self.start)
+        fraction = fraction if fraction is not None else (self.done / self.total if self.total else None)
+        eta = f", ETA {(now - self.start) * (1 / fraction - 1):.0f} s" if fraction else ""
+        run_logger().info("shard %s: %d pages, %.1f pages/s%s", self.name, self.done, rate, eta)
+
+
+def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
+    """The shard's pages as documents carrying their HTML: with the URL stage's documents when the
+    pages were fetched, or new documents for each URL when the WARC files came from elsewhere."""
+    by_url = {d.url: d for d in read_documents(Path(shard["urls"]))} if shard["urls"] else None
+    span = (shard["end"] or Path(shard["warc"]).stat().st_size) - shard["start"]
+    progress = Progress(shard["id"], len(by_url) if by_url is not None else None)
+    try:
+        for offset, url, html in warc_records(Path(shard["warc"]), shard["start"], shard["end"]):
+            progress.update(None if by_url is not None else (offset - shard["start"]) / max(span, 1))
+            doc = Document(id=url_id(url), url=url) if by_url is None else by_url.pop(url, None)
+            if doc is not None:
+                doc.html = html
+                yield doc
+    except Exception as err:  # a damaged WARC keeps what was read before the damage
+        stats["warc/damaged_file"] += 1
+        log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"], shard["warc"],
+                    progress.done, type(err).__name__, err)
+
+
+def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[np.ndarray]) -> Iterator[Document]:
+    """Pass the documents on, appending each one's LSH band keys to `keys`."""
+    for doc in docs:
+        keys.append(band_hashes(doc.text, dedup["bands"], dedup["rows"], dedup["ngram"]))
+        yield doc
+
+
+def marker_matches(marker: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The result saved in a done marker, when it was written by the same inputs, settings and code."""
+    if marker.exists():
+        saved = json.loads(marker.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return saved["result"]
+    return None
+
+
+def write_marker(marker: Path, fingerprint: str, result: dict[str, Any]) -> None:
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result}))
+    tmp.replace(marker)
+
+
+def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> dict[str, Any]:
+    """Run the steps over one shard's pages; write the kept documents and their LSH band keys."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats: Counter = Counter()
+    bands: list[np.ndarray] = []
+
+    docs = run_steps(shard_pages(shard, stats), steps, stats)
+    if shard["urls"]:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
+        order = {d.url: i for i, d in enumerate(read_documents(Path(shard["urls"])))}
+        docs = iter(sorted(docs, key=lambda d: order[d.url]))
+    n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
+    np.save(out_dir / "bands.npy", np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"]))
+    return {"source": Source(str(out_dir / "docs.jsonl.zst"), str(out_dir / "bands.npy"), n).__dict__,
+            "stats": dict(stats)}
+
+
+def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: str, dedup: dict[str, Any],
+                 tokenize: dict[str, Any]) -> dict[str, Any]:
+    """Drop the shard's near-duplicates, tokenize the rest into its own token files, and keep the
+    surviving documents with their band keys (what a later refresh dedups against)."""
+    tokens_dir.mkdir(parents=True, exist_ok=True)
+    stats: Counter = Counter()
+    gone = set(drop)
+
+    def survivors() -> Iterator[Document]:
+        for i, doc in enumerate(read_documents(Path(source.docs))):
+            stats["dedup/dropped" if i in gone else "dedup/kept"] += 1
+            if i not in gone:
+                yield doc
+
+    writers = {split: ShardWriter(tokens_dir, f"{split}-{shard_id}", tokenize["shard_tokens"]) for split in ("train", "val")}
+    tokenized = tokenize_documents(survivors(), tokenize["min_tokens"], stats)
+    bands: list[np.ndarray] = []
+
+    docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
+    n = write_documents(docs_path, with_band_keys(route_to_shards(tokenized, writers, tokenize["val_fraction"]), dedup, bands))
+    np.save(bands_path, np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"]))
+    return {"splits": {split: w.flush() for split, w in writers.items()},
+            "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a task (its lines reach the UI), else this module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+@task(name="shard", cache_policy=FilesAndCode(files=("shard",), exclude=("force",)))
+def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
+               force: bool = False) -> dict[str, Any]:
+    """The per-document steps over one shard, reusing its done marker unless `force`."""
+    marker = Path(out_dir) / "done.json"
+    key = fingerprint({"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",), sys.modules[__name__])
+    if not force and (done := marker_matches(marker, key)) is not None:
+        return done
+    result = process_shard(shard, Path(out_dir), build_steps(pipeline), dedup)
+    write_marker(marker, key, result)
+    return result
+
+
+@task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
+def candidates_task(sources: list[dict[str, Any]], band: int, max_bucket: int) -> list[list[int]]:
+    """Candidate pairs (earlier, later) of one LSH band, in global document numbers."""
+    return band_candidates([Source(**s) for s in sources], band, max_bucket).tolist()
+
+
+@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("sources",)))
+def confirm_task(pairs: list[list[int]], sources: list[dict[str, Any]], threshold: float, ngram: int) -> list[list[int]]:
+    """The candidate pairs whose exact Jaccard is above the threshold."""
+    return confirm(np.array(pairs, dtype=np.int64).reshape(-1, 2), [Source(**s) for s in sources],
+                   threshold, ngram).tolist()
+
+
+@task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",)))
+def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str, dedup: dict[str, Any],
+                tokenize: dict[str, Any], force: bool = False) -> dict[str, Any]:
+    """Filter one shard's near-duplicates and tokenize it, reusing its done marker unless `force`."""
+    marker = Path(tokens_dir) / f"done-{shard_id}.json"
+    key = fingerprint({"source": source, "drop": drop, "dedup": dedup, "tokenize": tokenize}, ("source",),
+                      sys.modules[__name__])
+    if not force and (done := marker_matches(marker, key)) is not None:
+        return done
+    result = finish_shard(Source(**source), drop, Path(tokens_dir), shard_id, dedup, tokenize)
+    write_marker(marker, key, result)
+    return result

@@ -1,0 +1,72 @@
+"""The shared base of the per-document corpus steps, and the pipeline built from `corpus.pipeline`.
+
+A step looks at one document and says why it is dropped (or None to keep it); the base counts
+`<step>/in`, `<step>/kept` and `<step>/<reason>` once for every step, and turns an exception on one
+document into a counted `<step>/error_<Type>` drop, so a broken page never stops a shard.
+Adding a filter is one file with a `Step` subclass and one entry in `conf/corpus/base.yaml`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+from hydra.utils import get_class, instantiate
+
+from tasks.corpus.document import Document
+
+log = logging.getLogger(__name__)
+
+
+class Step:
+    """One per-document step: subclasses set `name` and `label` and implement `reject`."""
+
+    name: ClassVar[str]   # counter prefix, e.g. "language"
+    label: ClassVar[str]  # its row in the funnel, e.g. "English"
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.stats: Counter = Counter()
+
+    def reject(self, doc: Document) -> str | None:
+        """Why `doc` is dropped, or None to keep it; may fill in the document's fields."""
+        raise NotImplementedError
+
+    def count(self, what: str) -> None:
+        """Count something beyond kept and dropped (e.g. each language seen)."""
+        self.stats[f"{self.name}/{what}"] += 1
+
+    def __call__(self, docs: Iterable[Document], stats: Counter) -> Iterator[Document]:
+        self.stats = stats
+        for doc in docs:
+            stats[f"{self.name}/in"] += 1
+            try:
+                reason = self.reject(doc)
+            except Exception as err:  # bad input is dropped and counted, never fatal
+                reason = f"error_{type(err).__name__}"
+                log.warning("%s %s: %s: %s", self.name, doc.url, type(err).__name__, err)
+            if reason is None:
+                stats[f"{self.name}/kept"] += 1
+                yield doc
+            else:
+                stats[f"{self.name}/{reason}"] += 1
+
+
+def build_steps(pipeline: list[dict[str, Any]]) -> list[Step]:
+    """The enabled steps of a `corpus.pipeline` list, in order."""
+    steps = [instantiate(entry) for entry in pipeline]
+    return [step for step in steps if step.enabled]
+
+
+def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter) -> Iterator[Document]:
+    """Chain the steps lazily: one document at a time goes through all of them."""
+    for step in steps:
+        docs = step(docs, stats)
+    return iter(docs)
+
+
+def funnel_rows(pipeline: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(funnel label, counter) of each enabled step, in pipeline order, without building the steps."""
+    return [(get_class(e["_target_"]).label, f"{get_class(e['_target_']).name}/kept")
+            for e in pipeline if e.get("enabled", True)]
