@@ -1,6 +1,7 @@
 """The GPT-2 paper's benchmarks on small files written here in each dataset's public format."""
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from model import GPT, GPTConfig
 from model.benchmarks import (LOADERS, cbt_accuracy, detokenize_1bw, detokenize_ptb, detokenize_wikitext,
                               lambada_scores, normalised, results_table, score, word_count)
-from tasks.corpus.contamination import drop_contaminated, ngram_filter, overlap
+from tasks.corpus.contamination import Decontaminate, ngram_filter, overlap
 from tasks.corpus.document import Document
 from model.bpe import gpt2_encoding
 
@@ -116,14 +117,15 @@ def test_results_table_sits_beside_the_paper():
     assert "**117M**" in table
 
 
-def test_contamination_overlap_and_drop():
+def test_contamination_overlap_and_drop(tmp_path):
     train = ["the quick brown fox jumps over the lazy dog near the river bank today"]
     bloom = ngram_filter(train, expected=100)
     assert overlap(bloom, "The quick brown fox jumps over the lazy dog near the river") == 1.0
     assert overlap(bloom, "a completely different sentence with more than eight words in it") == 0.0
-    eval_filter = ngram_filter(["one two three four five six seven eight nine ten"], expected=100)
+    (tmp_path / "wiki.test.raw").write_text("one two three four five six seven eight nine ten")
+    step = Decontaminate(str(tmp_path), {"wikitext2": "wiki.test.raw"}, max_overlap=0.5, enabled=True)
     docs = [Document(id="a", url="a", text="one two three four five six seven eight nine ten eleven"),
             Document(id="b", url="b", text="nothing in common with the evaluation set at all, honestly")]
-    stats = {}
-    assert [d.id for d in drop_contaminated(docs, eval_filter, 0.5, stats)] == ["b"]
-    assert stats == {"contamination/dropped": 1}
+    stats = Counter()
+    assert [d.id for d in step(docs, stats)] == ["b"]
+    assert stats == Counter({"decontaminate/in": 2, "decontaminate/kept": 1, "decontaminate/overlaps_eval": 1})

@@ -1,19 +1,14 @@
 import json
 import random
-import shutil
-import socket
-import subprocess
-import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-import redis
 
 from bench.neardup import benchmark_stream, exact_duplicates, precision_recall
 from sample.build import TOPICS, article
-from tasks.corpus.neardup import NearDuplicateIndex, drop_near_duplicates, jaccard as exact_jaccard, near_duplicates, shingle_hashes
-from tasks.corpus.document import Document
+from tasks.corpus.document import Document, write_documents
+from tasks.corpus.neardup import (Source, band_candidates, band_hashes, confirm, dropped, jaccard as exact_jaccard,
+                                  near_duplicates, shingle_hashes)
 from tests.conftest import shared_path
 
 
@@ -59,13 +54,6 @@ def test_heavy_edit_below_threshold_is_kept():
     assert near_duplicates([("a", original), ("b", rewrite)]) == []
 
 
-def test_drop_near_duplicates_counts():
-    docs = [Document(id="a", url="a", text=story(4)), Document(id="b", url="b", text=story(4))]
-    stats = Counter()
-    kept = list(drop_near_duplicates(docs, NearDuplicateIndex(), stats))
-    assert [d.id for d in kept] == ["a"] and stats == Counter({"dedup/dropped": 1, "dedup/kept": 1})
-
-
 def test_empty_and_tiny_documents_do_not_break_the_index():
     assert near_duplicates([("a", ""), ("b", "   "), ("c", "hello"), ("d", "hello"), ("e", story(5))]) == ["b", "d"]
 
@@ -84,57 +72,59 @@ def test_precision_and_recall_against_exact_jaccard_on_real_articles():
     assert len(exact) > 300 and precision >= 0.995 and recall >= 0.995
 
 
-def test_index_persists_between_runs(tmp_path):
-    cfg = {"threshold": 0.5, "bands": 20, "rows": 2, "ngram": 5, "backend": "disk"}
-    first = NearDuplicateIndex.open(cfg, tmp_path / "index.pkl")
-    assert near_duplicates([("a", story(1)), ("b", story(2))], index=first) == []
-    first.save(tmp_path / "index.pkl")
-    later = NearDuplicateIndex.open(cfg, tmp_path / "index.pkl")
-    copy = edit_words(story(2), every=50)
-    assert near_duplicates([("a", story(1)), ("c", copy), ("d", story(3))], index=later) == ["c"]
+def write_sources(tmp_path, docs: list[tuple[str, str]], n_shards: int, earlier: bool = False) -> list[Source]:
+    """The documents cut into `n_shards` shard files with their band keys, as the corpus flow writes them."""
+    sources = []
+    for k, part in enumerate(np.array_split(np.arange(len(docs)), n_shards)):
+        folder = tmp_path / f"{'old' if earlier else 'new'}-{n_shards}-{k}"
+        folder.mkdir()
+        write_documents(folder / "docs.jsonl.zst", [Document(id=docs[i][0], url=docs[i][0], text=docs[i][1]) for i in part])
+        np.save(folder / "bands.npy", np.array([band_hashes(docs[i][1]) for i in part], dtype=np.uint64).reshape(-1, 20))
+        sources.append(Source(str(folder / "docs.jsonl.zst"), str(folder / "bands.npy"), len(part), earlier))
+    return sources
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A real redis-server on 127.0.0.1, on a free port, for this module."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield {"host": "127.0.0.1", "port": port, "db": 0}
-    proc.terminate()
-    proc.wait()
+def sharded_run(sources: list[Source], max_bucket: int = 64) -> np.ndarray:
+    """The flow's phases: candidates band by band, exact confirmation, the decision."""
+    pairs = np.unique(np.concatenate([band_candidates(sources, b, max_bucket) for b in range(20)]), axis=0)
+    return dropped(confirm(pairs, sources, 0.5, 5))
 
 
-def redis_cfg(server, name):
-    return {"threshold": 0.5, "bands": 20, "rows": 2, "ngram": 5, "backend": "redis", "redis": {**server, "name": name}}
+def stream(n: int = 30) -> list[tuple[str, str]]:
+    rng = random.Random(0)
+    docs = []
+    for i in range(n):
+        docs.append((f"{i}", story(i)))
+        if i % 3 == 0:
+            docs.append((f"{i}.copy", edit_words(story(i), every=rng.choice([20, 40, 80]), seed=i)))
+    rng.shuffle(docs)
+    return docs
 
 
-def test_redis_index_is_shared_between_workers(redis_server):
-    first = NearDuplicateIndex.open(redis_cfg(redis_server, "shared"))
-    second = NearDuplicateIndex.open(redis_cfg(redis_server, "shared"))
-    assert near_duplicates([("a", story(1))], index=first) == []
-    assert near_duplicates([("b", edit_words(story(1), every=40)), ("c", story(2))], index=second) == ["b"]
+@pytest.mark.parametrize("n_shards", [1, 4, 7])
+def test_sharded_phases_drop_what_exact_jaccard_drops_whatever_the_shard_count(tmp_path, n_shards):
+    docs = stream()
+    gone = sharded_run(write_sources(tmp_path, docs, n_shards))
+    assert {docs[g][0] for g in gone} == exact_duplicates(docs) == set(near_duplicates(docs))
+    assert len(gone) == 10
 
 
-def test_concurrent_redis_workers_never_keep_both_halves_of_a_pair(redis_server):
-    pairs = [(story(100 + i), edit_words(story(100 + i), every=30, seed=i)) for i in range(12)]
-    workers = [NearDuplicateIndex.open(redis_cfg(redis_server, "race")) for _ in range(2)]
+def test_earlier_versions_are_never_dropped_and_their_copies_are(tmp_path):
+    old = [(f"old{i}", story(i)) for i in range(6)]
+    new = [("copy", edit_words(story(2), every=50)), ("fresh", story(50)), ("copy2", edit_words(story(4), every=60))]
+    sources = write_sources(tmp_path, old, 2, earlier=True) + write_sources(tmp_path, new, 1)
+    assert [new[g - len(old)][0] for g in sharded_run(sources)] == ["copy", "copy2"]
 
-    def run(w: int) -> list[str]:
-        # worker 0 sees the originals, worker 1 the copies, at the same time
-        return [f"{i}.{w}" for i, pair in enumerate(pairs) if workers[w].add_if_new(f"{i}.{w}", pair[w])]
 
-    with ThreadPoolExecutor(2) as pool:
-        kept = [k for ks in pool.map(run, [0, 1]) for k in ks]
-    assert sorted(int(k.split(".")[0]) for k in kept) == list(range(12))  # one of each pair, never two
+def test_a_huge_bucket_of_copies_keeps_only_the_first(tmp_path):
+    docs = [(f"{i}", story(1)) for i in range(300)] + [("other", story(2))]
+    gone = sharded_run(write_sources(tmp_path, docs, 3), max_bucket=8)
+    assert sorted(gone.tolist()) == list(range(1, 300))
+
+
+def test_a_chain_of_copies_is_judged_against_kept_documents_only():
+    # b near-duplicates a, c near-duplicates b but not a: b goes, and c stays, since its only match was dropped
+    words = [f"w{i}" for i in range(140)]
+    a, b, c = (" ".join(words[k:k + 100]) for k in (0, 20, 40))
+    assert jaccard(a, b) > 0.5 and jaccard(b, c) > 0.5 and jaccard(a, c) < 0.5
+    assert near_duplicates([("a", a), ("b", b), ("c", c)]) == ["b"]

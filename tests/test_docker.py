@@ -30,9 +30,9 @@ def test_copy_sources_exist_in_the_build_context(dockerfile):
     assert sources and all((context / src).exists() for src in sources), sources
 
 
-def test_compose_file_runs_server_redis_worker_and_trainer():
+def test_compose_file_runs_server_worker_and_trainer():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"prefect", "redis", "worker", "trainer"}
+    assert set(compose["services"]) == {"prefect", "worker", "trainer"}
     for name in ("worker", "trainer"):
         build = compose["services"][name]["build"]
         assert (DOCKER / build["context"] / build["dockerfile"]).exists()

@@ -10,7 +10,8 @@ from warcio.archiveiterator import ArchiveIterator
 
 from flows.common import load_config
 from tasks.corpus.document import Document, write_documents
-from tasks.corpus.extract import extract_documents, warc_pages
+from tasks.corpus.extract import Extract, warc_pages
+from tasks.corpus.shards import shard_pages
 from tasks.corpus.fetch import fetch_pages, fetch_task
 from tests.webserver import ARTICLE, TestWeb
 
@@ -82,13 +83,13 @@ def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
     docs = [Document(id=str(i), url=web.url(p)) for i, p in enumerate(paths)]
     write_documents(tmp_path / "urls.jsonl.zst", docs)
     fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
-    by_url = {d.url: d for d in docs}
-    pages = [(by_url[url], html) for url, html in warc_pages(tmp_path / "fetch" / "pages.warc.gz")]
+    shard = {"id": "00000", "warc": str(tmp_path / "fetch" / "pages.warc.gz"), "start": 0, "end": None,
+             "urls": str(tmp_path / "urls.jsonl.zst")}
     stats = Counter()
-    texts = {d.url: d.text for d in extract_documents(pages, "trafilatura", stats)}
+    texts = {d.url: d.text for d in Extract("trafilatura")(shard_pages(shard, stats), stats)}
     assert texts[web.url("/latin1")] == texts[web.url("/mislabelled")] == "Café crème à la française, déjà vu."
     assert web.url("/binary") not in texts or "Café" not in texts[web.url("/binary")]
-    assert sum(stats.values()) == 3  # the binary page is counted, whatever became of it
+    assert stats["extract/in"] == 3  # the binary page is counted, whatever became of it
 
 
 KILLABLE = """

@@ -56,14 +56,14 @@ def demo(tmp_path_factory):
 def test_corpus_flow_funnel(demo):
     cfg, state = demo
     result = state.result()
-    counts = dict(funnel(result["stats"]))
+    counts = dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))
     # 77 dump lines -> 57 unique article URLs -> one 404 -> 4 foreign pages, 5 syndicated copies, 3 briefs
     assert counts == {"records read": 77, "URLs kept": 57, "fetched": 56, "extracted": 56, "English": 52,
                       "after dedup": 47, "≥ min tokens": 44, "tokens": counts["tokens"]}
     assert counts["tokens"] > 10_000
     assert all(Path(p).exists() for p in result["report"].values())
     logged = {k: v for row in wandb_history(Path(result["report"]["wandb"])) for k, v in row.items()}
-    assert logged["corpus/dedup/kept"] == 47 and logged["corpus/language/de"] == 1
+    assert logged["corpus/dedup/kept"] == 47 and logged["corpus/language/lang_de"] == 1
 
 
 def test_corpus_from_warc_files(demo, tmp_path):
@@ -71,10 +71,10 @@ def test_corpus_from_warc_files(demo, tmp_path):
     from flows.common import load_config
 
     cfg, state = demo
-    warc = Path(cfg["corpus"]["out_dir"]) / "stages" / "fetch" / "pages.warc.gz"
+    warc = Path(cfg["corpus"]["out_dir"]) / "pages" / "00000" / "pages.warc.gz"
     warc_cfg = load_config([f"paths.data={tmp_path}", "corpus.source=warc", f"corpus.warc_files=[{warc}]",
                             "logger=none"])
-    counts = dict(funnel(corpus_flow(warc_cfg)["stats"]))
+    counts = dict(funnel(corpus_flow(warc_cfg)["stats"], cfg["corpus"]["pipeline"]))
     assert counts["records read"] == counts["URLs kept"] == counts["fetched"] == 0
     assert (counts["extracted"], counts["after dedup"], counts["≥ min tokens"]) == (56, 47, 44)
 
@@ -84,7 +84,7 @@ def test_second_corpus_run_is_served_from_cache(demo):
     assert set(task_states(first).values()) <= {"Completed", "Cached"}
     second = corpus_flow(cfg, return_state=True)
     states = task_states(second)
-    assert set(states) == {"urls", "fetch", "extract", "language", "dedup", "tokenize"}
+    assert set(states) == {"urls", "fetch", "shard", "dedup-candidates", "dedup-confirm", "tokenize"}
     assert set(states.values()) == {"Cached"}
     assert second.result()["stats"] == first.result()["stats"]
 
@@ -138,19 +138,20 @@ def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
 
 def test_decontamination_drops_documents_that_overlap_an_eval_set(demo, tmp_path):
     from flows.common import load_config
-    from tasks.corpus.document import read_documents
+    from tasks.corpus.document import corpus_documents
 
     cfg, _ = demo
-    docs = list(read_documents(Path(cfg["corpus"]["out_dir"]) / "tokens" / "documents.jsonl.zst"))
+    docs = list(corpus_documents(Path(cfg["corpus"]["out_dir"]) / "tokens"))
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "wiki.test.raw").write_text(docs[3].text)  # an eval set that leaked into training
     # the sample's stories share template phrases, so only a document mostly made of eval 8-grams goes
-    clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.decontaminate.enabled=true", "logger=none",
-                             "corpus.decontaminate.max_overlap=0.5", f"eval.benchmarks_dir={tmp_path / 'bench'}"])
-    clean_cfg["eval"]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
+    clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.pipeline.3.enabled=true", "logger=none",
+                             "corpus.pipeline.3.max_overlap=0.5", f"eval.benchmarks_dir={tmp_path / 'bench'}"])
+    clean_cfg["corpus"]["pipeline"][3]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
     result = corpus_flow(clean_cfg)
-    assert result["stats"]["contamination/dropped"] == 1 and result["stats"]["tokenize/kept"] == len(docs) - 1
-    kept = {d.id for d in read_documents(Path(result["data_dir"]) / "documents.jsonl.zst")}
+    # it runs before dedup, so the leaked story's syndicated copy goes with it
+    assert result["stats"]["decontaminate/overlaps_eval"] == 2 and result["stats"]["tokenize/kept"] == len(docs) - 1
+    kept = {d.id for d in corpus_documents(Path(result["data_dir"]))}
     assert docs[3].id not in kept
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from sample.build import NON_ENGLISH
 from tasks.corpus.document import Document
-from tasks.corpus.language import detector, identify, keep_language
+from tasks.corpus.language import Language, detector, identify
 
 ENGLISH = ("The council agreed on Tuesday to extend the bus lanes along the harbour road, "
            "after residents complained about long delays during the morning rush.")
@@ -27,9 +27,17 @@ def test_whole_document_is_read():
     assert identify(mixed)[0] == "en"
 
 
-def test_keep_language_filters_and_counts():
-    docs = [Document(id="1", url="u1", text=ENGLISH), Document(id="2", url="u2", text=" ".join(NON_ENGLISH["fr"][1]))]
+def test_language_step_filters_and_counts():
+    docs = [Document(id="1", url="u1", text=ENGLISH), Document(id="2", url="u2", text=" ".join(NON_ENGLISH["fr"][1])),
+            Document(id="3", url="u3", text=ENGLISH)]
     stats = Counter()
-    kept = list(keep_language(docs, {"keep": ["en"], "min_prob": 0.5}, stats))
-    assert [d.id for d in kept] == ["1"] and kept[0].lang == "en" and kept[0].lang_prob > 0.5
-    assert stats == Counter({"language/en": 1, "language/fr": 1, "language/kept": 1})
+    kept = list(Language(keep=["en"], min_prob=0.5)(docs, stats))
+    assert [d.id for d in kept] == ["1", "3"] and kept[0].lang == "en" and kept[0].lang_prob > 0.5
+    assert stats == Counter({"language/in": 3, "language/lang_en": 2, "language/lang_fr": 1, "language/kept": 2,
+                             "language/other_language": 1})
+
+
+def test_a_probability_below_the_bar_is_dropped_with_its_reason():
+    stats = Counter()
+    assert list(Language(keep=["en"], min_prob=0.999999)([Document(id="1", url="u", text="ok then")], stats)) == []
+    assert stats["language/low_probability"] == 1

@@ -32,6 +32,8 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     assert second["stats"]["urls/dropped_seen_before"] >= 1
     fetched = first["stats"]["fetch/ok"] + second["stats"]["fetch/ok"]
     assert fetched == 56  # every page of the sample web exactly once over both months
+    # near-dup removal across versions: the same documents survive as in one run over both months
+    assert first["stats"]["dedup/kept"] + second["stats"]["dedup/kept"] == 47
 
     tokens = tmp_path / "corpus" / "demo" / "tokens"
     assert len(load_split(tokens, "train")) > v1_train

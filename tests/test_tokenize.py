@@ -8,7 +8,9 @@ from tokenizers import ByteLevelBPETokenizer
 
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from model.bpe import EOT, gpt2_encoding
-from tasks.corpus.tokenize import is_val, tokenize_task
+from tasks.corpus.neardup import Source
+from tasks.corpus.shards import finish_shard
+from tasks.corpus.tokenize import is_val
 
 TEXTS = ["Hello world!", "  leading spaces and\ttabs\n\nnew lines", "Ünïcödé, emoji 🚀 and 日本語",
          "it's we've they'll I'm 12345 3.14 $5", "<|endoftext|> is plain text here", "a" * 500]
@@ -35,22 +37,25 @@ def tokenized(tmp_path):
     docs = [Document(id=url_id(f"u{i}"), url=f"u{i}", text=("word " * (50 + 40 * i)).strip()) for i in range(8)]
     write_documents(tmp_path / "docs.jsonl.zst", docs)
     cfg = {"min_tokens": 128, "val_fraction": 0.3, "shard_tokens": 500}
-    result = tokenize_task.fn(str(tmp_path / "docs.jsonl.zst"), str(tmp_path / "tokens"), cfg, {"urls/kept": 8})
+    dedup = {"bands": 20, "rows": 2, "ngram": 5}
+    source = Source(str(tmp_path / "docs.jsonl.zst"), "unused", len(docs))
+    result = finish_shard(source, [1], tmp_path / "tokens", "00000", dedup, cfg)
     return tmp_path / "tokens", result, docs
 
 
 def test_short_documents_are_dropped(tokenized):
     out, result, docs = tokenized
-    kept = list(read_documents(out / "documents.jsonl.zst"))
-    assert all(d.n_tokens >= 128 for d in kept)
-    assert result["stats"]["tokenize/dropped_short"] == len(docs) - len(kept) > 0
+    kept = list(read_documents(out / result["kept"]["docs"]))
+    assert all(d.n_tokens >= 128 for d in kept) and docs[1].id not in {d.id for d in kept}  # 1: a near-duplicate
+    assert result["stats"]["tokenize/dropped_short"] == len(docs) - 1 - len(kept) > 0
+    assert result["stats"]["dedup/dropped"] == 1 and result["stats"]["dedup/kept"] == len(docs) - 1
+    assert np.load(out / result["kept"]["bands"]).shape == (len(kept), 20)
 
 
 def test_shards_hold_each_document_followed_by_eot(tokenized):
     out, result, _ = tokenized
-    manifest = json.loads((out / "manifest.json").read_text())
     total = 0
-    for split, shards in manifest["splits"].items():
+    for split, shards in result["splits"].items():
         for shard in shards:
             tokens = np.fromfile(out / shard["bin"], dtype=np.uint16)
             offsets = np.load(out / shard["bin"].replace(".bin", ".idx.npy"))
@@ -59,5 +64,4 @@ def test_shards_hold_each_document_followed_by_eot(tokenized):
             assert (tokens[:-1] != EOT).sum() == len(tokens) - len(offsets) + 1
             total += len(tokens)
     assert total == result["stats"]["tokenize/tokens"] + result["stats"]["tokenize/kept"]
-    assert len(manifest["splits"]["train"]) > 1  # shard_tokens=500 forces several shards
-    assert manifest["stats"]["urls/kept"] == 8
+    assert len(result["splits"]["train"]) > 1  # shard_tokens=500 forces several shards

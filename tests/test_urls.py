@@ -2,12 +2,14 @@ import bz2
 import json
 import lzma
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from flows.common import load_config
-from tasks.corpus.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls
+from tasks.corpus.document import Document, read_documents
+from tasks.corpus.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls, shard_documents
 from tests.conftest import shared_path
 
 CFG = load_config()["corpus"]["urls"]
@@ -109,7 +111,7 @@ def test_real_pushshift_dumps():
 
 
 def test_seen_urls_persist_across_runs(tmp_path):
-    db = tmp_path / "seen.sqlite"
+    db = tmp_path / "seen"
     june = [("RS_06", record(url=f"https://example.com/{i}")) for i in range(3)]
     july = [("RS_07", record(url=f"https://example.com/{i}")) for i in range(2, 5)]
 
@@ -123,6 +125,15 @@ def test_seen_urls_persist_across_runs(tmp_path):
     assert run(june)[0] == [f"https://example.com/{i}" for i in range(3)]  # the same dump again: same URLs
     urls, stats = run(july)
     assert urls == ["https://example.com/3", "https://example.com/4"] and stats["urls/dropped_seen_before"] == 1
+    assert sorted(p.name for p in db.iterdir()) == ["RS_06.npy", "RS_07.npy"]  # one hash file per dump
+    assert run(july)[0] == urls  # July again: still its own URLs, June's file untouched
+
+
+def test_shards_hold_the_kept_urls_in_dump_order(tmp_path):
+    docs = [Document(id=str(i), url=f"https://example.com/{i}") for i in range(25)]
+    paths = shard_documents(docs, tmp_path, 10)
+    assert [len(list(read_documents(Path(p)))) for p in paths] == [10, 10, 5]
+    assert [d.url for p in paths for d in read_documents(Path(p))] == [d.url for d in docs]
 
 
 def test_missing_dump_is_a_clear_error(tmp_path):
