@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-train bench-generate serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-scale bench-train bench-generate serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ export: $(STAMP)  ## write a checkpoint (Lightning or DeepSpeed ZeRO) as a trans
 
 bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (newspaper3k, datasketch, tiktoken)
 	$(PY) -m bench.corpus $(ARGS)
+
+bench-scale: $(STAMP)  ## the corpus flow on N generated WARC pages: local vs Dask 1 and 2 workers, memory, dedup bytes/doc, datatrove beside it (ARGS="N=6000 FILES=8")
+	$(PY) -m bench.scale $(ARGS)
 
 bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/gpu.sh for the anchors beside it)
 	$(PY) -m bench.train $(ARGS)
