@@ -185,7 +185,8 @@ def dedup_band_ram(work: Path) -> float:
 DATATROVE = """
 import sys
 import xxhash
-# datatrove 0.10.1 hashes str shingles, which xxhash 4 refuses: encode them (its speed is kept, unlike sha1)
+# datatrove 0.10.1 hashes str shingles, which xxhash 4 refuses: encode them (its speed is kept, unlike
+# sha1), in workers forked from this process
 for name in ("xxh32_intdigest", "xxh64_intdigest"):
     setattr(xxhash, name, (lambda f: lambda data, *a: f(data.encode() if isinstance(data, str) else data, *a))(
         getattr(xxhash, name)))
@@ -202,16 +203,18 @@ tasks = len([f for f in __import__("os").listdir(folder) if f.endswith(".warc.gz
 stage1 = LocalPipelineExecutor(pipeline=[WarcReader(folder, glob_pattern="*.warc.gz"), Trafilatura(favour_precision=True),
                                          JsonlWriter(f"{out}/text"),
                                          MinhashDedupSignature(output_folder=f"{out}/sigs", config=config)],
-                               tasks=tasks, workers=workers, logging_dir=f"{out}/logs1")
+                               tasks=tasks, workers=workers, logging_dir=f"{out}/logs1", start_method="fork")
 stage2 = LocalPipelineExecutor(pipeline=[MinhashDedupBuckets(input_folder=f"{out}/sigs", output_folder=f"{out}/buckets",
                                                              config=config)],
-                               tasks=config.num_buckets, workers=workers, logging_dir=f"{out}/logs2", depends=stage1)
+                               tasks=config.num_buckets, workers=workers, logging_dir=f"{out}/logs2", depends=stage1,
+                               start_method="fork")
 stage3 = LocalPipelineExecutor(pipeline=[MinhashDedupCluster(input_folder=f"{out}/buckets", output_folder=f"{out}/remove",
                                                              config=config)],
                                tasks=1, logging_dir=f"{out}/logs3", depends=stage2)
 stage4 = LocalPipelineExecutor(pipeline=[__import__("datatrove.pipeline.readers", fromlist=["JsonlReader"]).JsonlReader(f"{out}/text"),
                                          MinhashDedupFilter(input_folder=f"{out}/remove"), JsonlWriter(f"{out}/final")],
-                               tasks=tasks, workers=workers, logging_dir=f"{out}/logs4", depends=stage3)
+                               tasks=tasks, workers=workers, logging_dir=f"{out}/logs4", depends=stage3,
+                               start_method="fork")
 stage4.run()
 """
 

@@ -54,8 +54,8 @@ class Step:
 
 
 def build_steps(pipeline: list[dict[str, Any]]) -> list[Step]:
-    """The enabled steps of a `corpus.pipeline` list, in order."""
-    steps = [instantiate(entry) for entry in pipeline]
+    """The enabled steps of a `corpus.pipeline` list, in order (a disabled one is not even imported)."""
+    steps = [instantiate(entry) for entry in pipeline if entry.get("enabled", True)]
     return [step for step in steps if step.enabled]
 
 
