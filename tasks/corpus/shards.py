@@ -63,6 +63,11 @@ class Progress:
         eta = f", ETA {(now - self.start) * (1 / fraction - 1):.0f} s" if fraction else ""
         run_logger().info("shard %s: %d pages, %.1f pages/s%s", self.name, self.done, rate, eta)
 
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.start
+        run_logger().info("shard %s: %d pages in %.1f s (%.1f pages/s)", self.name, self.done, elapsed,
+                          self.done / max(elapsed, 1e-9))
+
 
 def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
     """The shard's pages as documents carrying their HTML: with the URL stage's documents when the
@@ -79,8 +84,9 @@ def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
                 yield doc
     except Exception as err:  # a damaged WARC keeps what was read before the damage
         stats["warc/damaged_file"] += 1
-        log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"], shard["warc"],
-                    progress.done, type(err).__name__, err)
+        run_logger().warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],
+                             shard["warc"], progress.done, type(err).__name__, err)
+    progress.finish()
 
 
 def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[np.ndarray]) -> Iterator[Document]:
