@@ -36,7 +36,8 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
     for i, urls_path in enumerate(urls["shards"]):
         pages = work / "pages" / f"{i:05d}"
         fetches.append(cached(fetch_task, cfg).submit(urls_path, str(pages), c["fetch"], proxy))
-        plan.append({"id": f"{i:05d}", "warc": str(pages / "pages.warc.gz"), "start": 0, "end": None, "urls": urls_path})
+        plan.append({"id": f"{i:05d}", "warc": str(pages / "pages.warc.gz"), "start": 0, "end": None,
+                     "urls": urls_path})
     return plan, fetches, [urls]
 
 
@@ -77,10 +78,14 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
     """Filter and tokenize every new shard; returns each shard's token files and counters."""
     c, tokens = cfg["corpus"], token_dir(cfg)
     starts, first = offsets(sources), len(sources) - len(plan)
-    futures = [cached(finish_task, cfg).submit(
-        source.__dict__, (drop[(drop >= starts[first + i]) & (drop < starts[first + i + 1])] - starts[first + i]).tolist(),
-        str(tokens), shard["id"], c["dedup"], c["tokenize"], cfg["refresh"])
-        for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
+
+    def local(i: int) -> list[int]:  # the shard's dropped documents, by position in the shard
+        lo, hi = starts[first + i], starts[first + i + 1]
+        return (drop[(drop >= lo) & (drop < hi)] - lo).tolist()
+
+    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), str(tokens), shard["id"], c["dedup"],
+                                               c["tokenize"], cfg["refresh"])
+               for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
     return wait_with_progress(futures, "tokenize")
 
 

@@ -1,5 +1,5 @@
-"""Step decontaminate, and train/test overlap as in the GPT-2 paper (section 4): word 8-grams of the training corpus in a
-Bloom filter, and the share of each evaluation set's 8-grams found in it."""
+"""Step decontaminate, and train/test overlap as in the GPT-2 paper (section 4): word 8-grams of the
+training corpus in a Bloom filter, and the share of each evaluation set's 8-grams found in it."""
 from __future__ import annotations
 
 import re

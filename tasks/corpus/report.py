@@ -79,7 +79,8 @@ def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str
     with wandb.init(project=logger["project"], name=name, job_type="corpus", dir=logger["save_dir"],
                     mode=logger["mode"]) as run:
         run.log({f"corpus/{k}": v for k, v in stats.items()})
-        run.log({"corpus/funnel": wandb.Table(columns=["stage", "count"], data=[list(r) for r in funnel(stats, pipeline)]),
+        rows = [list(r) for r in funnel(stats, pipeline)]
+        run.log({"corpus/funnel": wandb.Table(columns=["stage", "count"], data=rows),
                  "corpus/funnel_chart": wandb.Image(report["png"])})
         return str(Path(run.dir).parent)
 

@@ -116,7 +116,6 @@ def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup
     out_dir.mkdir(parents=True, exist_ok=True)
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
-
     docs = run_steps(shard_pages(shard, stats), steps, stats)
     if shard["urls"]:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
         order = {d.url: i for i, d in enumerate(read_documents(Path(shard["urls"])))}
@@ -141,12 +140,13 @@ def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: st
             if i not in gone:
                 yield doc
 
-    writers = {split: ShardWriter(tokens_dir, f"{split}-{shard_id}", tokenize["shard_tokens"]) for split in ("train", "val")}
+    writers = {split: ShardWriter(tokens_dir, f"{split}-{shard_id}", tokenize["shard_tokens"])
+               for split in ("train", "val")}
     tokenized = tokenize_documents(survivors(), tokenize["min_tokens"], stats)
     bands: list[np.ndarray] = []
-
     docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
-    n = write_documents(docs_path, with_band_keys(route_to_shards(tokenized, writers, tokenize["val_fraction"]), dedup, bands))
+    routed = route_to_shards(tokenized, writers, tokenize["val_fraction"])
+    n = write_documents(docs_path, with_band_keys(routed, dedup, bands))
     np.save(bands_path, np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"]))
     return {"splits": {split: w.flush() for split, w in writers.items()},
             "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
@@ -180,7 +180,8 @@ def candidates_task(sources: list[dict[str, Any]], band: int, max_bucket: int) -
 
 
 @task(name="dedup-confirm", cache_policy=FilesAndCode(files=("sources",)))
-def confirm_task(pairs: list[list[int]], sources: list[dict[str, Any]], threshold: float, ngram: int) -> list[list[int]]:
+def confirm_task(pairs: list[list[int]], sources: list[dict[str, Any]], threshold: float,
+                 ngram: int) -> list[list[int]]:
     """The candidate pairs whose exact Jaccard is above the threshold."""
     return confirm(np.array(pairs, dtype=np.int64).reshape(-1, 2), [Source(**s) for s in sources],
                    threshold, ngram).tolist()
