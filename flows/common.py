@@ -1,8 +1,6 @@
 """What every flow shares: config loading, cached tasks, and where a run's files go."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +39,7 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
                              refresh_cache=cfg["refresh"])
 
 
-@contextmanager
-def prefect_api_url() -> Iterator[str]:
+def prefect_api_url() -> str:
     """The Prefect API this process reports to: PREFECT_API_URL when set, else the temporary server
     Prefect would start for the flow anyway, started now so that Dask workers can be pointed at it
     (a worker left without a URL would start a temporary server of its own)."""
@@ -50,15 +47,13 @@ def prefect_api_url() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
-        yield PREFECT_API_URL.value()
-        return
-    server = SubprocessASGIServer()  # the same instance the flow's client uses
+        return PREFECT_API_URL.value()
+    server = SubprocessASGIServer()  # the same instance the flow's client uses, stopped at exit as usual
     server.start()
-    yield server.api_url
+    return server.api_url
 
 
-@contextmanager
-def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
+def task_runner(cfg: dict[str, Any]) -> Any:
     """The Prefect task runner that `cfg.runner` names: local threads, or a Dask cluster whose
     workers report to this flow's Prefect API. An existing cluster's workers need PREFECT_API_URL
     set in their own environment."""
@@ -66,16 +61,13 @@ def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     if runner["type"] != "dask":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        yield ThreadPoolTaskRunner(max_workers=runner["max_workers"])
-        return
+        return ThreadPoolTaskRunner(max_workers=runner["max_workers"])
     from prefect_dask import DaskTaskRunner
 
     if runner["address"]:
-        yield DaskTaskRunner(address=runner["address"])
-        return
-    with prefect_api_url() as api_url:
-        yield DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1,
-                                             "dashboard_address": None, "env": {"PREFECT_API_URL": api_url}})
+        return DaskTaskRunner(address=runner["address"])
+    return DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1,
+                                         "dashboard_address": None, "env": {"PREFECT_API_URL": prefect_api_url()}})
 
 
 def wait_with_progress(futures: list[PrefectFuture], what: str) -> list[Any]:

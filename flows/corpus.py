@@ -83,8 +83,8 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
         lo, hi = starts[first + i], starts[first + i + 1]
         return (drop[(drop >= lo) & (drop < hi)] - lo).tolist()
 
-    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), str(tokens), shard["id"], c["dedup"],
-                                               c["tokenize"], cfg["refresh"])
+    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), str(tokens), shard["id"], c["tokenize"],
+                                               cfg["refresh"])
                for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
     return wait_with_progress(futures, "tokenize")
 
@@ -129,8 +129,7 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers).
     """
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
-    with task_runner(cfg) as runner:
-        result = build_corpus.with_options(task_runner=runner)(cfg)
+    result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], Path(cfg["corpus"]["out_dir"])
     stats, sizes = result["stats"], output_sizes(out_dir)
     report = write_report(stats, sizes, out_dir, pipeline)

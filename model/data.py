@@ -44,11 +44,6 @@ class TokenShards:
         return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
-def load_split(data_dir: Path, split: str) -> TokenShards:
-    """All tokens of a split, in shard order, read lazily from the memory-mapped shards."""
-    return TokenShards(data_dir, split)
-
-
 class RandomWindows(IterableDataset):
     """An endless stream of random (x, y) windows of `block_size` tokens, determined by the seed.
 
@@ -107,10 +102,10 @@ class TokenDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # each data-parallel rank draws its own stream
         seed = self.seed + (self.trainer.global_rank if self.trainer else 0)
-        windows = RandomWindows(load_split(self.data_dir, "train"), self.block_size, seed, self.start)
+        windows = RandomWindows(TokenShards(self.data_dir, "train"), self.block_size, seed, self.start)
         # one worker at most: several would each replay the same stream
         return DataLoader(windows, batch_size=self.batch_size, num_workers=min(self.num_workers, 1))
 
     def val_dataloader(self) -> DataLoader:
-        windows = ConsecutiveWindows(load_split(self.data_dir, "val"), self.block_size)
+        windows = ConsecutiveWindows(TokenShards(self.data_dir, "val"), self.block_size)
         return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)

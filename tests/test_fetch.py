@@ -10,7 +10,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from flows.common import load_config
 from tasks.corpus.document import Document, write_documents
-from tasks.corpus.extract import Extract, warc_pages
+from tasks.corpus.extract import Extract, warc_records
 from tasks.corpus.shards import shard_pages
 from tasks.corpus.fetch import fetch_pages, fetch_task
 from tests.webserver import ARTICLE, TestWeb
@@ -72,7 +72,7 @@ def test_fetch_task_writes_html_pages_to_warc(web, tmp_path):
     urls = tmp_path / "urls.jsonl.zst"
     write_documents(urls, [Document(id=str(i), url=web.url(p)) for i, p in enumerate(["/ok", "/missing", "/ok?x"])])
     result = fetch_task.fn(str(urls), str(tmp_path / "fetch"), FETCH)
-    pages = dict(warc_pages(tmp_path / "fetch" / "pages.warc.gz"))
+    pages = {url: html for _, url, html in warc_records(tmp_path / "fetch" / "pages.warc.gz")}
     assert set(pages) == {web.url("/ok"), web.url("/ok?x")}
     assert pages[web.url("/ok")] == ARTICLE
     assert result["stats"] == {"fetch/ok": 2, "fetch/http_404": 1}

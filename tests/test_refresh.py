@@ -6,7 +6,7 @@ import zstandard
 
 from flows.common import load_config
 from flows.refresh import refresh_flow
-from model.data import load_split
+from model.data import TokenShards
 from sample.build import DUMP
 
 
@@ -23,7 +23,7 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
 
     first = refresh_flow(cfg)
     assert first["new_dumps"] == ["RS_2019-01.zst"] and first["version"] == 1
-    v1_train = len(load_split(tmp_path / "corpus" / "demo" / "tokens", "train"))
+    v1_train = len(TokenShards(tmp_path / "corpus" / "demo" / "tokens", "train"))
 
     # February repeats four of January's links and brings the rest
     write_month(dumps, "RS_2019-02.zst", lines[36:])
@@ -36,7 +36,7 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     assert first["stats"]["dedup/kept"] + second["stats"]["dedup/kept"] == 47
 
     tokens = tmp_path / "corpus" / "demo" / "tokens"
-    assert len(load_split(tokens, "train")) > v1_train
+    assert len(TokenShards(tokens, "train")) > v1_train
     old = json.loads((tokens / "manifest-v0001.json").read_text())
     assert all((tokens / s["bin"]).exists() for s in old["splits"]["train"])  # version 1 stays readable
     assert json.loads((tokens / "manifest.json").read_text())["version"] == 2

@@ -37,9 +37,9 @@ def tokenized(tmp_path):
     docs = [Document(id=url_id(f"u{i}"), url=f"u{i}", text=("word " * (50 + 40 * i)).strip()) for i in range(8)]
     write_documents(tmp_path / "docs.jsonl.zst", docs)
     cfg = {"min_tokens": 128, "val_fraction": 0.3, "shard_tokens": 500}
-    dedup = {"bands": 20, "rows": 2, "ngram": 5}
-    source = Source(str(tmp_path / "docs.jsonl.zst"), "unused", len(docs))
-    result = finish_shard(source, [1], tmp_path / "tokens", "00000", dedup, cfg)
+    np.save(tmp_path / "bands.npy", np.arange(8 * 20, dtype=np.uint64).reshape(8, 20))  # row i: document i
+    source = Source(str(tmp_path / "docs.jsonl.zst"), str(tmp_path / "bands.npy"), len(docs))
+    result = finish_shard(source, [1], tmp_path / "tokens", "00000", cfg)
     return tmp_path / "tokens", result, docs
 
 

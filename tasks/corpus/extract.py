@@ -77,6 +77,15 @@ def ensemble_text(html: str, url: str | None) -> str:
     return without_edge_boilerplate(precise)
 
 
+EXTRACTORS = ("newspaper", "trafilatura", "ensemble")
+
+
+def checked_method(method: str) -> str:
+    if method not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {method!r}: use one of {', '.join(EXTRACTORS)}")
+    return method
+
+
 def extract(html: str, url: str | None = None, method: str = "newspaper") -> str:
     """The main article text of a page, or '' when it has none.
 
@@ -89,8 +98,7 @@ def extract(html: str, url: str | None = None, method: str = "newspaper") -> str
         return trafilatura_text(html, url)
     if method == "ensemble":
         return ensemble_text(html, url)
-    if method != "newspaper":
-        raise ValueError(f"unknown extractor {method!r}: use 'newspaper', 'trafilatura' or 'ensemble'")
+    checked_method(method)
     article = newspaper.Article(url or PLACEHOLDER_URL, config=NEWSPAPER_CONFIG)
     article.download(input_html=html)
     article.parse()
@@ -129,11 +137,6 @@ def warc_records(path: Path, start: int = 0, end: int | None = None) -> Iterator
             yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
 
 
-def warc_pages(path: Path) -> Iterator[tuple[str, str]]:
-    """(url, decoded html) of each response record in a WARC file."""
-    return ((url, html) for _, url, html in warc_records(path))
-
-
 class Extract(Step):
     """The article text of each fetched page; pages without one, or that break the extractor, are dropped."""
 
@@ -141,9 +144,7 @@ class Extract(Step):
 
     def __init__(self, method: str = "ensemble", enabled: bool = True):
         super().__init__(enabled)
-        if method not in ("newspaper", "trafilatura", "ensemble"):
-            raise ValueError(f"unknown extractor {method!r}: use 'newspaper', 'trafilatura' or 'ensemble'")
-        self.method = method
+        self.method = checked_method(method)  # at the door: per page it would only count errors
 
     def reject(self, doc: Document) -> str | None:
         doc.text, doc.html = extract(doc.html, doc.url, self.method), ""

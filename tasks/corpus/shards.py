@@ -12,8 +12,8 @@ import logging
 import math
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,21 @@ def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[n
         yield doc
 
 
-def marker_matches(marker: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The result saved in a done marker, when it was written by the same inputs, settings and code."""
-    if marker.exists():
+def once(marker: Path, inputs: dict[str, Any], files: tuple[str, ...], force: bool,
+         work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`work()`'s result, reused from the done marker when that was written for the same inputs (the
+    files named in `files` by size and mtime), settings and code; otherwise computed, then the marker
+    written last, so a shard killed half-way has none and is redone."""
+    key = fingerprint(inputs, files, sys.modules[__name__])
+    if not force and marker.exists():
         saved = json.loads(marker.read_text())
-        if saved.get("fingerprint") == fingerprint:
+        if saved.get("fingerprint") == key:
             return saved["result"]
-    return None
-
-
-def write_marker(marker: Path, fingerprint: str, result: dict[str, Any]) -> None:
+    result = work()
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "result": result}))
+    tmp.write_text(json.dumps({"fingerprint": key, "result": result}))
     tmp.replace(marker)
+    return result
 
 
 def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> dict[str, Any]:
@@ -126,28 +128,39 @@ def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup
             "stats": dict(stats)}
 
 
-def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: str, dedup: dict[str, Any],
+def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: str,
                  tokenize: dict[str, Any]) -> dict[str, Any]:
     """Drop the shard's near-duplicates, tokenize the rest into its own token files, and keep the
     surviving documents with their band keys (what a later refresh dedups against)."""
     tokens_dir.mkdir(parents=True, exist_ok=True)
     stats: Counter = Counter()
     gone = set(drop)
+    in_flight: deque[tuple[int, Document]] = deque()  # (position, document) between reading and writing
 
     def survivors() -> Iterator[Document]:
         for i, doc in enumerate(read_documents(Path(source.docs))):
             stats["dedup/dropped" if i in gone else "dedup/kept"] += 1
             if i not in gone:
+                in_flight.append((i, doc))
                 yield doc
+
+    rows: list[int] = []
+
+    def positions_of_kept(docs: Iterator[Document]) -> Iterator[Document]:
+        """Note each written document's position in the shard; those in between were too short."""
+        for doc in docs:
+            while in_flight[0][1] is not doc:
+                in_flight.popleft()
+            rows.append(in_flight.popleft()[0])
+            yield doc
 
     writers = {split: ShardWriter(tokens_dir, f"{split}-{shard_id}", tokenize["shard_tokens"])
                for split in ("train", "val")}
     tokenized = tokenize_documents(survivors(), tokenize["min_tokens"], stats)
-    bands: list[np.ndarray] = []
-    docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
     routed = route_to_shards(tokenized, writers, tokenize["val_fraction"])
-    n = write_documents(docs_path, with_band_keys(routed, dedup, bands))
-    np.save(bands_path, np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"]))
+    docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
+    n = write_documents(docs_path, positions_of_kept(routed))
+    np.save(bands_path, np.load(source.bands, mmap_mode="r")[rows])  # the keys computed in process_shard
     return {"splits": {split: w.flush() for split, w in writers.items()},
             "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
 
@@ -164,13 +177,8 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
                force: bool = False) -> dict[str, Any]:
     """The per-document steps over one shard, reusing its done marker unless `force`."""
-    marker = Path(out_dir) / "done.json"
-    key = fingerprint({"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",), sys.modules[__name__])
-    if not force and (done := marker_matches(marker, key)) is not None:
-        return done
-    result = process_shard(shard, Path(out_dir), build_steps(pipeline), dedup)
-    write_marker(marker, key, result)
-    return result
+    return once(Path(out_dir) / "done.json", {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
+                force, lambda: process_shard(shard, Path(out_dir), build_steps(pipeline), dedup))
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
@@ -188,14 +196,8 @@ def confirm_task(pairs: list[list[int]], sources: list[dict[str, Any]], threshol
 
 
 @task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",)))
-def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str, dedup: dict[str, Any],
+def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str,
                 tokenize: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Filter one shard's near-duplicates and tokenize it, reusing its done marker unless `force`."""
-    marker = Path(tokens_dir) / f"done-{shard_id}.json"
-    key = fingerprint({"source": source, "drop": drop, "dedup": dedup, "tokenize": tokenize}, ("source",),
-                      sys.modules[__name__])
-    if not force and (done := marker_matches(marker, key)) is not None:
-        return done
-    result = finish_shard(Source(**source), drop, Path(tokens_dir), shard_id, dedup, tokenize)
-    write_marker(marker, key, result)
-    return result
+    return once(Path(tokens_dir) / f"done-{shard_id}.json", {"source": source, "drop": drop, "tokenize": tokenize},
+                ("source",), force, lambda: finish_shard(Source(**source), drop, Path(tokens_dir), shard_id, tokenize))

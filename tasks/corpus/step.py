@@ -68,5 +68,5 @@ def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter) -> It
 
 def funnel_rows(pipeline: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(funnel label, counter) of each enabled step, in pipeline order, without building the steps."""
-    return [(get_class(e["_target_"]).label, f"{get_class(e['_target_']).name}/kept")
-            for e in pipeline if e.get("enabled", True)]
+    steps = [get_class(e["_target_"]) for e in pipeline if e.get("enabled", True)]
+    return [(step.label, f"{step.name}/kept") for step in steps]

@@ -10,7 +10,7 @@ import torch
 from prefect import task
 
 from model.benchmarks import Benchmark, available_benchmarks, benchmark_text, score
-from model.data import load_split
+from model.data import TokenShards
 from model.evaluate import perplexity
 from model.lit import load_gpt
 from tasks.caching import FilesAndCode
@@ -20,7 +20,7 @@ from tasks.corpus.document import corpus_documents
 
 def val_perplexity(model: torch.nn.Module, data_dir: str, cfg: dict[str, Any]) -> dict[str, float]:
     """Perplexity on up to `cfg.max_tokens` tokens of the val split, per GPT-2 BPE token."""
-    tokens = load_split(Path(data_dir), "val")[: cfg["max_tokens"]]
+    tokens = TokenShards(Path(data_dir), "val")[: cfg["max_tokens"]]
     ids = torch.from_numpy(tokens.astype("int64"))
     return {"val/perplexity": perplexity(model, ids, cfg["context"], stride(cfg)), "val/tokens": float(ids.numel())}
 
