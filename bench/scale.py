@@ -161,14 +161,15 @@ def ours(warcs: list[str], work: Path, runner: list[str], shard_bytes: int) -> d
     result = run_measured(cmd, data.with_suffix(".log"))
     corpus = data / "corpus" / "demo"
     stats = json.loads((corpus / "tokens" / "manifest.json").read_text())["stats"]
-    band_files = list(corpus.glob("shards/*/bands.npy")) + list(corpus.glob("tokens/bands-*.npy"))
+    band_files = [*corpus.glob("shards/*/bands.npy"), *corpus.glob("tokens/bands-*.npy"), *corpus.glob("dedup/*.npy")]
     docs = stats.get("extract/kept", 0)
     return {**result, "docs": docs, "kept": stats.get("dedup/kept", 0),
             "dedup_bytes_per_doc": sum(f.stat().st_size for f in band_files) / max(docs, 1)}
 
 
-def dedup_band_ram(work: Path) -> float:
-    """Peak traced RAM (MiB) of one candidates task over every shard of the 2-worker run: what a band holds."""
+def dedup_band_ram(work: Path, chunk_docs: int) -> float:
+    """Peak traced RAM (MiB) of one candidates task over every shard of the 2-worker run, reading key
+    ranges of `chunk_docs` documents: what a band task holds."""
     from tasks.corpus.neardup import Source, band_candidates
     import tracemalloc
 
@@ -176,7 +177,7 @@ def dedup_band_ram(work: Path) -> float:
     sources = [Source(str(d / "docs.jsonl.zst"), str(d / "bands.npy"), json.loads((d / "done.json").read_text())
                       ["result"]["source"]["n"]) for d in sorted((corpus / "shards").iterdir())]
     tracemalloc.start()
-    band_candidates(sources, 0, 64)
+    band_candidates(sources, 0, 64, chunk_docs)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak / 2**20
@@ -230,7 +231,7 @@ def datatrove(warcs: list[str], work: Path, workers: int) -> dict | None:
                         out.with_suffix(".log"))
 
 
-def main(n: int = 6000, files: int = 8, shards_per_file: int = 1) -> None:
+def main(n: int = 6000, files: int = 8, shards_per_file: int = 1, chunk_docs: int = 65536) -> None:
     origin, _ = source_pages()
     work = Path(tempfile.mkdtemp(prefix="opengpt2-scale-"))
     (work / "warc").mkdir()
@@ -256,7 +257,8 @@ def main(n: int = 6000, files: int = 8, shards_per_file: int = 1) -> None:
     else:
         print("\ndatatrove is not installed (pip install -e .[bench]): no anchor row")
     two = runs["dask 2 workers"]
-    print(f"dedup RAM of one band task over all {two['docs']:,} documents: {dedup_band_ram(work):.2f} MiB "
+    print(f"dedup RAM of one band task over all {two['docs']:,} documents, key ranges of {chunk_docs:,} documents: "
+          f"{dedup_band_ram(work, chunk_docs):.2f} MiB "
           f"(the in-RAM index it replaced held ~6.2 KB/doc: {6.2 * two['docs'] / 1024:.0f} MiB)")
     per_core = n / two["wall_s"] / 2
     for cores in (8, 64):

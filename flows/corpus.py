@@ -60,17 +60,15 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
     return sources
 
 
-def near_duplicates(cfg: dict[str, Any], sources: list[Source]) -> np.ndarray:
-    """The dedup phases: candidates per band, exact confirmation per shard, then the decision."""
+def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
+    """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
-    per_band = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, d["max_bucket"])
-                                   for b in range(d["bands"])], "dedup bands")
-    pairs = np.unique(np.array([p for band in per_band for p in band], dtype=np.int64).reshape(-1, 2), axis=0)
-    starts = offsets(sources)
-    shard_of_later = np.searchsorted(starts, pairs[:, 1], side="right") - 1
-    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(pairs[shard_of_later == s].tolist(), as_dicts,
-                                                                     d["threshold"], d["ngram"])
-                                    for s in np.unique(shard_of_later)], "dedup confirm")
+    pairs_dir = str(Path(cfg["corpus"]["out_dir"]) / "dedup")
+    pair_files = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, pairs_dir, d["max_bucket"],
+                                                                         d["chunk_docs"])
+                                     for b in range(d["bands"])], "dedup bands")
+    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(pair_files, s, as_dicts, d["threshold"], d["ngram"])
+                                    for s in range(len(sources) - n_new, len(sources))], "dedup confirm")
     return dropped(np.array([p for part in confirmed for p in part], dtype=np.int64).reshape(-1, 2))
 
 
@@ -116,7 +114,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
         processed = run_shards(cfg, plan, fetches)
         early += [f.result() for f in fetches]
     sources = earlier_sources(c["dedup"]["against"]) + [Source(**p["source"]) for p in processed]
-    finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources))
+    finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)
     write_manifest(cfg, finished, stats)
     return {"data_dir": str(token_dir(cfg)), "stats": stats}

@@ -7,8 +7,8 @@ import pytest
 from bench.neardup import benchmark_stream, exact_duplicates, precision_recall
 from sample.build import TOPICS, article
 from tasks.corpus.document import Document, write_documents
-from tasks.corpus.neardup import (Source, band_candidates, band_hashes, confirm, dropped, jaccard as exact_jaccard,
-                                  near_duplicates, shingle_hashes)
+from tasks.corpus.neardup import (Source, band_candidates, band_hashes, band_table, confirm, dropped, jaccard as exact_jaccard,
+                                  near_duplicates, offsets, shard_pairs, shingle_hashes)
 from tests.conftest import shared_path
 
 
@@ -79,15 +79,22 @@ def write_sources(tmp_path, docs: list[tuple[str, str]], n_shards: int, earlier:
         folder = tmp_path / f"{'old' if earlier else 'new'}-{n_shards}-{k}"
         folder.mkdir()
         write_documents(folder / "docs.jsonl.zst", [Document(id=docs[i][0], url=docs[i][0], text=docs[i][1]) for i in part])
-        np.save(folder / "bands.npy", np.array([band_hashes(docs[i][1]) for i in part], dtype=np.uint64).reshape(-1, 20))
+        np.save(folder / "bands.npy", band_table(np.array([band_hashes(docs[i][1]) for i in part],
+                                                           dtype=np.uint64).reshape(-1, 20)))
         sources.append(Source(str(folder / "docs.jsonl.zst"), str(folder / "bands.npy"), len(part), earlier))
     return sources
 
 
-def sharded_run(sources: list[Source], max_bucket: int = 64) -> np.ndarray:
-    """The flow's phases: candidates band by band, exact confirmation, the decision."""
-    pairs = np.unique(np.concatenate([band_candidates(sources, b, max_bucket) for b in range(20)]), axis=0)
-    return dropped(confirm(pairs, sources, 0.5, 5))
+def sharded_run(sources: list[Source], max_bucket: int = 64, chunk_docs: int = 7) -> np.ndarray:
+    """The flow's phases: pair files band by band (key ranges of `chunk_docs` documents), exact
+    confirmation shard by shard, the decision."""
+    pair_files = []
+    for b in range(20):
+        pair_files.append(str(sources[0].bands) + f".pairs-{b}.npy")
+        np.save(pair_files[-1], band_candidates(sources, b, max_bucket, chunk_docs))
+    starts = offsets(sources)
+    confirmed = [confirm(shard_pairs(pair_files, starts[s], starts[s + 1]), sources, 0.5, 5) for s in range(len(sources))]
+    return dropped(np.concatenate(confirmed))
 
 
 def stream(n: int = 30) -> list[tuple[str, str]]:
@@ -128,3 +135,21 @@ def test_a_chain_of_copies_is_judged_against_kept_documents_only():
     a, b, c = (" ".join(words[k:k + 100]) for k in (0, 20, 40))
     assert jaccard(a, b) > 0.5 and jaccard(b, c) > 0.5 and jaccard(a, c) < 0.5
     assert near_duplicates([("a", a), ("b", b), ("c", c)]) == ["b"]
+
+
+def test_a_band_task_holds_one_key_range_whatever_the_corpus_size(tmp_path):
+    import tracemalloc
+
+    def peak(n: int) -> int:  # distinct random texts: no pairs, only the keys a range holds
+        (tmp_path / str(n)).mkdir()
+        rng = random.Random(n)
+        docs = [(f"{i}", " ".join(f"w{rng.randrange(10**6)}" for _ in range(60))) for i in range(n)]
+        sources = write_sources(tmp_path / str(n), docs, 8)
+        tracemalloc.start()
+        band_candidates(sources, 0, 64, chunk_docs=100)
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used
+
+    small, large = peak(200), peak(3200)
+    assert large < 1.3 * small  # 16 times the documents in the same shards, ranges of the same size

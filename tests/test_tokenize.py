@@ -8,7 +8,7 @@ from tokenizers import ByteLevelBPETokenizer
 
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from model.bpe import EOT, gpt2_encoding
-from tasks.corpus.neardup import Source
+from tasks.corpus.neardup import Source, band_table
 from tasks.corpus.shards import finish_shard
 from tasks.corpus.tokenize import is_val
 
@@ -37,7 +37,7 @@ def tokenized(tmp_path):
     docs = [Document(id=url_id(f"u{i}"), url=f"u{i}", text=("word " * (50 + 40 * i)).strip()) for i in range(8)]
     write_documents(tmp_path / "docs.jsonl.zst", docs)
     cfg = {"min_tokens": 128, "val_fraction": 0.3, "shard_tokens": 500}
-    np.save(tmp_path / "bands.npy", np.arange(8 * 20, dtype=np.uint64).reshape(8, 20))  # row i: document i
+    np.save(tmp_path / "bands.npy", band_table(np.arange(8 * 20, dtype=np.uint64).reshape(8, 20)))  # keys of doc i: 20i..
     source = Source(str(tmp_path / "docs.jsonl.zst"), str(tmp_path / "bands.npy"), len(docs))
     result = finish_shard(source, [1], tmp_path / "tokens", "00000", cfg)
     return tmp_path / "tokens", result, docs
@@ -49,7 +49,10 @@ def test_short_documents_are_dropped(tokenized):
     assert all(d.n_tokens >= 128 for d in kept) and docs[1].id not in {d.id for d in kept}  # 1: a near-duplicate
     assert result["stats"]["tokenize/dropped_short"] == len(docs) - 1 - len(kept) > 0
     assert result["stats"]["dedup/dropped"] == 1 and result["stats"]["dedup/kept"] == len(docs) - 1
-    assert np.load(out / result["kept"]["bands"]).shape == (len(kept), 20)
+    kept_bands = np.load(out / result["kept"]["bands"])  # the kept documents' keys, renumbered 0.. in order
+    positions = [int(d.url[1:]) for d in kept]
+    assert kept_bands.shape == (20, len(kept)) and (kept_bands["key"][0] == [20 * p for p in positions]).all()
+    assert (kept_bands["pos"][0] == np.arange(len(kept))).all()
 
 
 def test_shards_hold_each_document_followed_by_eot(tokenized):

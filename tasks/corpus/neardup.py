@@ -4,17 +4,20 @@ The rule: a document is dropped when the exact Jaccard of its word 5-gram set wi
 document is above `threshold` (0.5); "earlier" is corpus order (earlier versions, then shard, then
 position in the shard). It runs in phases, each parallel and each bounded by a shard or a band:
 
-1. signatures: each shard writes `bands.npy`, `bands` uint64 band hashes per document (160 bytes);
-2. candidates: per band, that band's column of every shard is sorted, and documents sharing a
-   bucket become candidate pairs (16 bytes per document of one band in RAM);
-3. confirm: per shard, each candidate pair (earlier, later) with the later document in the shard is
-   checked by exact Jaccard, re-shingling both texts from their shards;
+1. signatures: each shard writes its band file: for each of the `bands` LSH bands, its documents'
+   bucket keys sorted, each with the document's position (12 bytes per document and band);
+2. candidates: per band, the key space is cut into ranges of about `chunk_docs` documents; each
+   range is read from every shard's sorted band file (a binary search, no full read) and documents
+   sharing a bucket become candidate pairs, written to the band's pair file sorted by the later
+   document, so RAM holds one range, never the corpus;
+3. confirm: per shard, the candidate pairs whose later document is in the shard (one slice of each
+   pair file) are checked by exact Jaccard, re-shingling both texts from their shards;
 4. decide: walk the confirmed pairs in corpus order; a document is dropped when a confirmed partner
    before it was kept (only confirmed pairs are held in RAM);
 5. filter: each shard drops its documents in the decision as it is tokenized (`tasks.corpus.shards`).
 
 A refresh lists the earlier versions' kept documents first (their `bands-*.npy` and documents), so
-new months are checked against all of them, one band at a time, and never drop an old document.
+new months are checked against all of them, one key range at a time, and never drop an old document.
 """
 from __future__ import annotations
 
@@ -88,6 +91,31 @@ def band_hashes(text: str, bands: int = 20, rows: int = 2, ngram: int = 5) -> np
     return keys * GRAM_MIX ^ np.arange(bands, dtype=np.uint64)
 
 
+BAND_RECORD = np.dtype([("key", "<u8"), ("pos", "<u4")])  # a bucket key and the document's position
+
+
+def band_table(keys: np.ndarray) -> np.ndarray:
+    """A shard's band file from its documents' keys (n, bands): row b holds band b's keys in sorted
+    order, each with its document's position in the shard."""
+    order = np.argsort(keys, axis=0, kind="stable").T
+    table = np.empty(order.shape, BAND_RECORD)
+    table["pos"] = order
+    table["key"] = np.take_along_axis(keys.T, order, axis=1)
+    return table
+
+
+def keep_positions(table: np.ndarray, rows: list[int]) -> np.ndarray:
+    """The band file of the documents at `rows` alone, renumbered in that order, still sorted."""
+    renumber = np.full(table.shape[1], -1, dtype=np.int64)
+    renumber[rows] = np.arange(len(rows))
+    new_pos = renumber[table["pos"]]
+    kept = new_pos >= 0  # the same count in every band, so the rows stay rectangular
+    out = np.empty((table.shape[0], len(rows)), BAND_RECORD)
+    out["key"] = table["key"][kept].reshape(out.shape)
+    out["pos"] = new_pos[kept].reshape(out.shape)
+    return out
+
+
 @dataclass
 class Source:
     """One shard of documents as dedup sees it: its documents file, its band file, how many it holds,
@@ -104,21 +132,21 @@ def offsets(sources: list[Source]) -> np.ndarray:
     return np.cumsum([0] + [s.n for s in sources], dtype=np.int64)
 
 
-def candidate_pairs(keys: np.ndarray, n_earlier: int, max_bucket: int) -> np.ndarray:
+def candidate_pairs(keys: np.ndarray, ids: np.ndarray, n_earlier: int, max_bucket: int) -> np.ndarray:
     """(earlier, later) global numbers of documents that share a bucket of one band.
 
-    `keys[g]` is document g's key in this band; documents below `n_earlier` come from earlier
+    `keys[i]` is document `ids[i]`'s key in this band; documents below `n_earlier` come from earlier
     versions and are never paired with each other. A bucket larger than `max_bucket` (thousands of
     copies of one page) pairs each member with its first `max_bucket` members only, which still
     drops every exact copy but bounds the pairs.
     """
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    order = np.lexsort((ids, keys))
+    sorted_keys, sorted_ids = keys[order], ids[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
     sizes = np.diff(np.append(starts, keys.size))
     pairs = []
     for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-        members = np.sort(order[start:start + size])
+        members = sorted_ids[start:start + size]
         for a in range(min(size - 1, max_bucket)):
             later = members[a + 1:]
             later = later[later >= n_earlier]
@@ -126,11 +154,43 @@ def candidate_pairs(keys: np.ndarray, n_earlier: int, max_bucket: int) -> np.nda
     return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
 
 
-def band_candidates(sources: list[Source], band: int, max_bucket: int) -> np.ndarray:
-    """Candidate pairs of one band over every source, reading only that band's column of each file."""
-    columns = [np.load(s.bands, mmap_mode="r")[:, band] for s in sources if s.n]
-    keys = np.concatenate(columns) if columns else np.zeros(0, dtype=np.uint64)
-    return candidate_pairs(keys, sum(s.n for s in sources if s.earlier), max_bucket)
+def key_ranges(total: int, chunk_docs: int) -> list[tuple[int, int]]:
+    """Equal ranges of the 64-bit key space, each holding about `chunk_docs` of `total` keys (they are hashes)."""
+    parts = max(1, -(-total // chunk_docs))
+    edges = [(2**64 * k) // parts for k in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int) -> np.ndarray:
+    """Candidate pairs of one band over every source, sorted by the later document, reading the
+    band's sorted keys one key range at a time."""
+    starts = offsets(sources)
+    columns = [(np.load(s.bands, mmap_mode="r")[band], int(start)) for s, start in zip(sources, starts) if s.n]
+    cursors = [0] * len(columns)
+    n_earlier = sum(s.n for s in sources if s.earlier)
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for _, hi in key_ranges(int(starts[-1]), chunk_docs):
+        keys, ids = [], []
+        for c, (column, start) in enumerate(columns):
+            end = len(column) if hi == 2**64 else int(np.searchsorted(column["key"], np.uint64(hi)))
+            part = np.asarray(column[cursors[c]:end])
+            cursors[c] = end
+            keys.append(part["key"])
+            ids.append(part["pos"].astype(np.int64) + start)
+        if keys:
+            found.append(candidate_pairs(np.concatenate(keys), np.concatenate(ids), n_earlier, max_bucket))
+    pairs = np.concatenate(found)
+    return pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
+
+
+def shard_pairs(pair_files: list[str], lo: int, hi: int) -> np.ndarray:
+    """The distinct candidate pairs, over every band's pair file, whose later document is in [lo, hi)."""
+    parts = [np.zeros((0, 2), dtype=np.int64)]
+    for path in pair_files:
+        pairs = np.load(path, mmap_mode="r")
+        later = pairs[:, 1]
+        parts.append(np.asarray(pairs[np.searchsorted(later, lo):np.searchsorted(later, hi)]))
+    return np.unique(np.concatenate(parts), axis=0)
 
 
 def texts_of(source: Source, positions: Iterable[int]) -> dict[int, str]:
@@ -178,7 +238,7 @@ def near_duplicates(docs: list[tuple[str, str]], threshold: float = 0.5, bands: 
     rule and code path as the sharded run, for tests, benchmarks and small inputs."""
     if not docs:
         return []
-    keys = np.stack([band_hashes(text, bands, rows, ngram) for _, text in docs])
-    pairs = np.unique(np.concatenate([candidate_pairs(keys[:, b], 0, max_bucket) for b in range(bands)]), axis=0)
+    keys, ids = np.stack([band_hashes(text, bands, rows, ngram) for _, text in docs]), np.arange(len(docs))
+    pairs = np.unique(np.concatenate([candidate_pairs(keys[:, b], ids, 0, max_bucket) for b in range(bands)]), axis=0)
     grams = {int(g): shingle_hashes(docs[int(g)][1], ngram) for g in np.unique(pairs)}
     return [docs[int(g)][0] for g in dropped(above_threshold(pairs, grams, threshold))]

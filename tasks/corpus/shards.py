@@ -24,7 +24,7 @@ from prefect.exceptions import MissingContextError
 from tasks.caching import FilesAndCode, fingerprint
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from tasks.corpus.extract import warc_records
-from tasks.corpus.neardup import Source, band_candidates, band_hashes, confirm
+from tasks.corpus.neardup import Source, band_candidates, band_hashes, band_table, confirm, keep_positions, offsets, shard_pairs
 from tasks.corpus.step import Step, build_steps, run_steps
 from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
 
@@ -123,7 +123,7 @@ def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup
         order = {d.url: i for i, d in enumerate(read_documents(Path(shard["urls"])))}
         docs = iter(sorted(docs, key=lambda d: order[d.url]))
     n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
-    np.save(out_dir / "bands.npy", np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"]))
+    np.save(out_dir / "bands.npy", band_table(np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"])))
     return {"source": Source(str(out_dir / "docs.jsonl.zst"), str(out_dir / "bands.npy"), n).__dict__,
             "stats": dict(stats)}
 
@@ -160,7 +160,7 @@ def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: st
     routed = route_to_shards(tokenized, writers, tokenize["val_fraction"])
     docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
     n = write_documents(docs_path, positions_of_kept(routed))
-    np.save(bands_path, np.load(source.bands, mmap_mode="r")[rows])  # the keys computed in process_shard
+    np.save(bands_path, keep_positions(np.load(source.bands), rows))  # the keys computed in process_shard
     return {"splits": {split: w.flush() for split, w in writers.items()},
             "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
 
@@ -182,17 +182,25 @@ def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
-def candidates_task(sources: list[dict[str, Any]], band: int, max_bucket: int) -> list[list[int]]:
-    """Candidate pairs (earlier, later) of one LSH band, in global document numbers."""
-    return band_candidates([Source(**s) for s in sources], band, max_bucket).tolist()
+def candidates_task(sources: list[dict[str, Any]], band: int, out_dir: str, max_bucket: int,
+                    chunk_docs: int) -> str:
+    """Candidate pairs (earlier, later) of one LSH band, in global document numbers, written to the
+    band's pair file (sorted by the later document); returns its path."""
+    path = Path(out_dir) / f"pairs-{band:03d}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, band_candidates([Source(**s) for s in sources], band, max_bucket, chunk_docs))
+    return str(path)
 
 
-@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("sources",)))
-def confirm_task(pairs: list[list[int]], sources: list[dict[str, Any]], threshold: float,
+@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("pair_files",)))
+def confirm_task(pair_files: list[str], shard: int, sources: list[dict[str, Any]], threshold: float,
                  ngram: int) -> list[list[int]]:
-    """The candidate pairs whose exact Jaccard is above the threshold."""
-    return confirm(np.array(pairs, dtype=np.int64).reshape(-1, 2), [Source(**s) for s in sources],
-                   threshold, ngram).tolist()
+    """The candidate pairs whose later document is in source `shard` and whose exact Jaccard is
+    above the threshold. Keyed by the pair files: they are rewritten whenever any shard changes."""
+    all_sources = [Source(**s) for s in sources]
+    starts = offsets(all_sources)
+    pairs = shard_pairs(pair_files, int(starts[shard]), int(starts[shard + 1]))
+    return confirm(pairs, all_sources, threshold, ngram).tolist()
 
 
 @task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",)))
