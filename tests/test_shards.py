@@ -21,9 +21,9 @@ from tasks.corpus.step import Step, build_steps, funnel_rows
 from tests.test_dedup import story
 
 
-def write_warc(path, n: int) -> None:
+def write_warc(path, n: int, gzip: bool = True) -> None:
     with open(path, "wb") as fh:
-        writer = WARCWriter(fh, gzip=True)
+        writer = WARCWriter(fh, gzip=gzip)
         for i in range(n):
             html = f"<html><body><article><p>{story(i)}</p></article></body></html>".encode()
             headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
@@ -31,13 +31,15 @@ def write_warc(path, n: int) -> None:
                                                           payload=io.BytesIO(html), http_headers=headers))
 
 
-def test_byte_range_shards_read_every_record_exactly_once(tmp_path):
-    write_warc(tmp_path / "a.warc.gz", 40)
-    size = (tmp_path / "a.warc.gz").stat().st_size
-    shards = plan_warc_shards([str(tmp_path / "a.warc.gz")], -(-size // 5))  # ceil: exactly 5 ranges
+@pytest.mark.parametrize("name", ["a.warc.gz", "a.warc"])
+def test_byte_range_shards_read_every_record_exactly_once(tmp_path, name):
+    write_warc(tmp_path / name, 40, gzip=name.endswith(".gz"))
+    size = (tmp_path / name).stat().st_size
+    shards = plan_warc_shards([str(tmp_path / name)], -(-size // 5))  # ceil: exactly 5 ranges
     assert len(shards) == 5
-    urls = [url for s in shards for _, url, _ in warc_records(tmp_path / "a.warc.gz", s["start"], s["end"])]
-    assert urls == [f"https://example.com/{i}" for i in range(40)]
+    per_shard = [[url for _, url, _ in warc_records(tmp_path / name, s["start"], s["end"])] for s in shards]
+    assert [url for urls in per_shard for url in urls] == [f"https://example.com/{i}" for i in range(40)]
+    assert all(len(urls) >= 6 for urls in per_shard)  # each range holds its own records
 
 
 def shard_of(tmp_path) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import zstandard
 
+from tasks import storage
+
 
 @dataclass
 class Document:
@@ -48,15 +50,15 @@ def write_documents(path: Path, docs: Iterable[Document]) -> int:
     return n
 
 
-def read_documents(path: Path) -> Iterator[Document]:
-    """Stream the documents of a jsonl.zst file written by `write_documents`."""
-    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst:
+def read_documents(path: str | Path) -> Iterator[Document]:
+    """Stream the documents of a jsonl.zst file written by `write_documents` (a path or a store URL)."""
+    with storage.open_file(path) as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zst:
         for line in io.TextIOWrapper(zst, encoding="utf-8"):
             yield Document(**json.loads(line))
 
 
-def corpus_documents(tokens_dir: Path) -> Iterator[Document]:
+def corpus_documents(tokens_dir: str | Path) -> Iterator[Document]:
     """Stream every kept document of a built corpus, shard after shard, as its manifest lists them."""
-    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    manifest = json.loads(storage.read_text(storage.join(tokens_dir, "manifest.json")))
     for kept in manifest["kept"]:
-        yield from read_documents(tokens_dir / kept["docs"])
+        yield from read_documents(storage.join(tokens_dir, kept["docs"]))
