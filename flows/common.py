@@ -8,6 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from tasks import storage
+
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
     from prefect.futures import PrefectFuture
@@ -84,9 +86,9 @@ def wait_with_progress(futures: list[PrefectFuture], what: str) -> list[Any]:
     return [f.result() for f in futures]
 
 
-def token_dir(cfg: dict[str, Any]) -> Path:
-    """Where the corpus flow writes the token shards and manifest."""
-    return Path(cfg["corpus"]["out_dir"]) / "tokens"
+def token_dir(cfg: dict[str, Any]) -> str:
+    """Where the corpus flow writes the token shards and manifest (a path or a store URL)."""
+    return storage.join(cfg["corpus"]["out_dir"], "tokens")
 
 
 def run_dir(cfg: dict[str, Any]) -> Path:

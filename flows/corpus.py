@@ -22,7 +22,8 @@ from tasks.caching import code_version
 from tasks.corpus import shards
 from tasks.corpus.fetch import fetch_task
 from tasks.corpus.neardup import Source, dropped, offsets
-from tasks.corpus.report import funnel_markdown, log_to_wandb, merge_stats, output_sizes, write_report
+from tasks import storage
+from tasks.corpus.report import funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
 from tasks.corpus.urls import urls_task
 
@@ -43,8 +44,8 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
 
 def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFuture]) -> list[dict[str, Any]]:
     """The per-document steps, one task per shard, each after its shard's fetch when there is one."""
-    c, work = cfg["corpus"], Path(cfg["corpus"]["out_dir"])
-    futures = [cached(shard_task, cfg).submit(shard, str(work / "shards" / shard["id"]), c["pipeline"], c["dedup"],
+    c = cfg["corpus"]
+    futures = [cached(shard_task, cfg).submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"], c["dedup"],
                                               cfg["refresh"], wait_for=wait_for[i:i + 1])
                for i, shard in enumerate(plan)]
     return wait_with_progress(futures, "shards")
@@ -54,8 +55,8 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
     """The kept documents of earlier corpus versions, as dedup sources that come first."""
     sources = []
     for path in manifests:
-        manifest, folder = json.loads(Path(path).read_text()), Path(path).parent
-        sources += [Source(str(folder / s["docs"]), str(folder / s["bands"]), s["n"], earlier=True)
+        manifest, folder = json.loads(storage.read_text(path)), path.rsplit("/", 1)[0]
+        sources += [Source(storage.join(folder, s["docs"]), storage.join(folder, s["bands"]), s["n"], earlier=True)
                     for s in manifest["kept"]]
     return sources
 
@@ -63,12 +64,13 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
 def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
     """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
-    pairs_dir = str(Path(cfg["corpus"]["out_dir"]) / "dedup")
-    pair_files = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, pairs_dir, d["max_bucket"],
-                                                                         d["chunk_docs"])
-                                     for b in range(d["bands"])], "dedup bands")
-    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(pair_files, s, as_dicts, d["threshold"], d["ngram"])
-                                    for s in range(len(sources) - n_new, len(sources))], "dedup confirm")
+    pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
+    bands = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, pairs_dir, d["max_bucket"], d["chunk_docs"])
+                                for b in range(d["bands"])], "dedup bands")
+    slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
+              for s in range(len(sources) - n_new, len(sources))]
+    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(shard, as_dicts, d["threshold"], d["ngram"])
+                                    for shard in slices], "dedup confirm")
     return dropped(np.array([p for part in confirmed for p in part], dtype=np.int64).reshape(-1, 2))
 
 
@@ -81,21 +83,20 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
         lo, hi = starts[first + i], starts[first + i + 1]
         return (drop[(drop >= lo) & (drop < hi)] - lo).tolist()
 
-    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), str(tokens), shard["id"], c["tokenize"],
+    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), tokens, shard["id"], c["tokenize"],
                                                cfg["refresh"])
                for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
     return wait_with_progress(futures, "tokenize")
 
 
-def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> Path:
+def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> str:
     """tokens/manifest.json: every token file by split, the kept documents, the funnel and the settings."""
-    path = token_dir(cfg) / "manifest.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = storage.join(token_dir(cfg), "manifest.json")
     manifest = {"splits": {split: [s for f in finished for s in f["splits"][split]] for split in ("train", "val")},
                 "kept": [f["kept"] for f in finished], "stats": stats, "config": cfg["corpus"],
                 "code_version": code_version(sys.modules[shards.__name__]), "tokenizer": "gpt2", "dtype": "uint16",
                 "eot": EOT}
-    path.write_text(json.dumps(manifest, indent=2))
+    storage.write_text(path, json.dumps(manifest, indent=2))
     return path
 
 
@@ -104,6 +105,9 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     """Shards, the steps per shard, near-dup removal across shards, then tokens; returns the token
     folder and every counter. With `corpus.source=warc` the pages come from `corpus.warc_files`."""
     c = cfg["corpus"]
+    if c["source"] == "fetch" and not storage.is_local(c["out_dir"]):
+        raise ValueError(f"corpus.out_dir={c['out_dir']}: a store URL needs corpus.source=warc (fetching writes "
+                         "URL lists and pages to a local or shared folder)")
     work = Path(c["out_dir"])
     serve = c["serve_sample_web"] and c["source"] == "fetch"
     with serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
@@ -117,7 +121,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)
     write_manifest(cfg, finished, stats)
-    return {"data_dir": str(token_dir(cfg)), "stats": stats}
+    return {"data_dir": token_dir(cfg), "stats": stats}
 
 
 @flow(name="corpus", log_prints=True)
@@ -128,10 +132,12 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     """
     cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
     result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
-    pipeline, out_dir = cfg["corpus"]["pipeline"], Path(cfg["corpus"]["out_dir"])
-    stats, sizes = result["stats"], output_sizes(out_dir)
-    report = write_report(stats, sizes, out_dir, pipeline)
-    report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}", pipeline)
+    pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]
+    stats, sizes = result["stats"], storage.folder_sizes(out_dir)
+    with storage.staged_folder(out_dir) as local:
+        report = write_report(stats, sizes, local, pipeline)
+        report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}", pipeline)
+    report.update({k: storage.join(out_dir, Path(v).name) for k, v in report.items() if k != "wandb"})
     markdown = funnel_markdown(stats, pipeline, sizes)
     create_markdown_artifact(markdown, key="corpus-funnel", description="Corpus funnel")
     print(markdown)

@@ -76,7 +76,7 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
         return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
     version = (state["versions"][-1] if state["versions"] else 0) + 1
     result = corpus_flow(version_config(cfg, dumps, version))
-    tokens = token_dir(cfg)
+    tokens = Path(token_dir(cfg))
     tokens.mkdir(parents=True, exist_ok=True)
     if (tokens / "manifest.json").exists():
         previous = json.loads((tokens / "manifest.json").read_text()).get("version", 0)

@@ -1,6 +1,7 @@
 """Training flow: fit GPT-2 on the corpus token shards (building the demo corpus first if it is missing)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -9,6 +10,7 @@ from prefect import flow
 
 from flows.common import CONF_DIR, cached, load_config, run_dir, to_dict, token_dir
 from flows.corpus import corpus_flow
+from tasks import storage
 from tasks.lm.train import train_task
 
 TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "prompt")
@@ -17,7 +19,10 @@ TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "pr
 def corpus_dir(cfg: dict[str, Any]) -> str:
     """The token shards for `cfg.corpus`, running the corpus flow when they do not exist yet."""
     tokens = token_dir(cfg)
-    return str(tokens) if (tokens / "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
+    if not storage.is_local(tokens):
+        raise ValueError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
+                         "folder; copy the corpus's tokens/ folder down and point corpus.out_dir at it")
+    return tokens if Path(tokens, "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
 
 
 @flow(name="train", log_prints=True)

@@ -12,23 +12,18 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 
-
-def file_key(path: Path) -> str:
-    """A cheap identity of a file's contents: its size and modification time, never a hash of its
-    bytes (inputs are many GB at scale). A folder: the same for every file under it."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    listing = [(str(f.relative_to(path)) if path.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns)
-               for f in files]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+from tasks import storage
 
 
 def _file_keys(value: Any) -> Any:
-    """Paths to existing files, alone, in lists or in dicts, replaced by their `file_key`."""
+    """Paths or store URLs of existing files, alone, in lists or in dicts, replaced by their `file_key`:
+    size and mtime (or ETag), never a hash of the bytes (inputs are many GB at scale)."""
     if isinstance(value, (list, tuple)):
         return [_file_keys(v) for v in value]
     if isinstance(value, dict):
         return {k: _file_keys(v) for k, v in value.items()}
-    return file_key(Path(value)) if isinstance(value, str) and Path(value).exists() else value
+    is_file = isinstance(value, str) and not value.startswith(("http://", "https://")) and storage.exists(value)
+    return storage.file_key(value) if is_file else value
 
 
 PROJECT_PACKAGES = {"tasks", "model", "flows", "sample"}

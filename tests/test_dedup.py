@@ -8,7 +8,7 @@ from bench.neardup import benchmark_stream, exact_duplicates, precision_recall
 from sample.build import TOPICS, article
 from tasks.corpus.document import Document, write_documents
 from tasks.corpus.neardup import (Source, band_candidates, band_hashes, band_table, confirm, dropped, jaccard as exact_jaccard,
-                                  near_duplicates, offsets, shard_pairs, shingle_hashes)
+                                  near_duplicates, shard_bounds, shard_pairs, shingle_hashes)
 from tests.conftest import shared_path
 
 
@@ -87,13 +87,14 @@ def write_sources(tmp_path, docs: list[tuple[str, str]], n_shards: int, earlier:
 
 def sharded_run(sources: list[Source], max_bucket: int = 64, chunk_docs: int = 7) -> np.ndarray:
     """The flow's phases: pair files band by band (key ranges of `chunk_docs` documents), exact
-    confirmation shard by shard, the decision."""
-    pair_files = []
+    confirmation shard by shard over its slices of the pair files, the decision."""
+    bands = []
     for b in range(20):
-        pair_files.append(str(sources[0].bands) + f".pairs-{b}.npy")
-        np.save(pair_files[-1], band_candidates(sources, b, max_bucket, chunk_docs))
-    starts = offsets(sources)
-    confirmed = [confirm(shard_pairs(pair_files, starts[s], starts[s + 1]), sources, 0.5, 5) for s in range(len(sources))]
+        path, pairs = f"{sources[0].bands}.pairs-{b}.npy", band_candidates(sources, b, max_bucket, chunk_docs)
+        np.save(path, pairs)
+        bands.append((path, shard_bounds(pairs, sources)))
+    confirmed = [confirm(shard_pairs([(path, bounds[s], bounds[s + 1]) for path, bounds in bands]), sources, 0.5, 5)
+                 for s in range(len(sources))]
     return dropped(np.concatenate(confirmed))
 
 

@@ -12,7 +12,7 @@ from warcio.warcwriter import WARCWriter
 
 from flows.common import load_config
 from model.data import RandomWindows, TokenShards
-from tasks.caching import file_key
+from tasks.storage import file_key
 from tasks.corpus.document import Document, read_documents
 from tasks.corpus.extract import warc_records
 from tasks.corpus.quality import Quality
@@ -21,13 +21,14 @@ from tasks.corpus.step import Step, build_steps, funnel_rows
 from tests.test_dedup import story
 
 
-def write_warc(path, n: int, gzip: bool = True) -> None:
+def write_warc(path, n: int, gzip: bool = True, host: str = "example.com") -> None:
+    """A WARC of `n` article pages, https://`host`/i holding story i."""
     with open(path, "wb") as fh:
         writer = WARCWriter(fh, gzip=gzip)
         for i in range(n):
             html = f"<html><body><article><p>{story(i)}</p></article></body></html>".encode()
             headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(f"https://example.com/{i}", "response",
+            writer.write_record(writer.create_warc_record(f"https://{host}/{i}", "response",
                                                           payload=io.BytesIO(html), http_headers=headers))
 
 

@@ -21,6 +21,7 @@ new months are checked against all of them, one key range at a time, and never d
 """
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from tasks import storage
 from tasks.corpus.document import read_documents
 
 GRAM_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant that mixes word hashes into n-gram hashes
@@ -163,9 +165,16 @@ def key_ranges(total: int, chunk_docs: int) -> list[tuple[int, int]]:
 
 def band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int) -> np.ndarray:
     """Candidate pairs of one band over every source, sorted by the later document, reading the
-    band's sorted keys one key range at a time."""
+    band's sorted keys one key range at a time (from remote stores, via a local scratch copy of
+    the band's row of each file)."""
+    with tempfile.TemporaryDirectory(prefix="opengpt2-band-") as scratch:
+        return _band_candidates(sources, band, max_bucket, chunk_docs, Path(scratch))
+
+
+def _band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int, scratch: Path) -> np.ndarray:
     starts = offsets(sources)
-    columns = [(np.load(s.bands, mmap_mode="r")[band], int(start)) for s, start in zip(sources, starts) if s.n]
+    columns = [(storage.npy_rows(s.bands, band, band + 1, scratch)[0], int(start))
+               for s, start in zip(sources, starts) if s.n]
     cursors = [0] * len(columns)
     n_earlier = sum(s.n for s in sources if s.earlier)
     found = [np.zeros((0, 2), dtype=np.int64)]
@@ -183,20 +192,22 @@ def band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_doc
     return pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
 
 
-def shard_pairs(pair_files: list[str], lo: int, hi: int) -> np.ndarray:
-    """The distinct candidate pairs, over every band's pair file, whose later document is in [lo, hi)."""
-    parts = [np.zeros((0, 2), dtype=np.int64)]
-    for path in pair_files:
-        pairs = np.load(path, mmap_mode="r")
-        later = pairs[:, 1]
-        parts.append(np.asarray(pairs[np.searchsorted(later, lo):np.searchsorted(later, hi)]))
+def shard_bounds(pairs: np.ndarray, sources: list[Source]) -> list[int]:
+    """Row bounds of each source's slice of a pair file sorted by the later document."""
+    return np.searchsorted(pairs[:, 1], offsets(sources)).tolist()
+
+
+def shard_pairs(slices: list[tuple[str, int, int]]) -> np.ndarray:
+    """The distinct candidate pairs in the given (pair file, first row, end row) slices: one shard's
+    slice of each band's pair file."""
+    parts = [np.zeros((0, 2), dtype=np.int64)] + [np.asarray(storage.npy_rows(path, lo, hi)) for path, lo, hi in slices]
     return np.unique(np.concatenate(parts), axis=0)
 
 
 def texts_of(source: Source, positions: Iterable[int]) -> dict[int, str]:
     """The texts at the given positions of one source's documents file, read in one pass."""
     wanted, found = set(positions), {}
-    for i, doc in enumerate(read_documents(Path(source.docs))):
+    for i, doc in enumerate(read_documents(source.docs)):
         if i in wanted:
             found[i] = doc.text
             if len(found) == len(wanted):

@@ -91,9 +91,3 @@ def merge_stats(*results: dict[str, Any]) -> dict[str, int]:
     for result in results:
         total.update(result["stats"])
     return dict(sorted(total.items()))
-
-
-def output_sizes(out_dir: Path) -> dict[str, int]:
-    """Bytes under each stage's folder of a corpus (urls, pages, shards, tokens...)."""
-    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-            for d in sorted(out_dir.iterdir()) if d.is_dir()}

@@ -24,7 +24,9 @@ from prefect.exceptions import MissingContextError
 from tasks.caching import FilesAndCode, fingerprint
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from tasks.corpus.extract import warc_records
-from tasks.corpus.neardup import Source, band_candidates, band_hashes, band_table, confirm, keep_positions, offsets, shard_pairs
+from tasks import storage
+from tasks.corpus.neardup import (Source, band_candidates, band_hashes, band_table, confirm, keep_positions,
+                                shard_bounds, shard_pairs)
 from tasks.corpus.step import Step, build_steps, run_steps
 from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
 
@@ -36,7 +38,7 @@ def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[dict[str, 
     shard in which it starts, so every record is read by exactly one shard."""
     shards = []
     for path in warc_files:
-        size = Path(path).stat().st_size
+        size = storage.size(path)
         parts = max(1, math.ceil(size / shard_bytes))
         for k in range(parts):
             end = None if k == parts - 1 else (k + 1) * shard_bytes
@@ -72,11 +74,11 @@ class Progress:
 def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
     """The shard's pages as documents carrying their HTML: with the URL stage's documents when the
     pages were fetched, or new documents for each URL when the WARC files came from elsewhere."""
-    by_url = {d.url: d for d in read_documents(Path(shard["urls"]))} if shard["urls"] else None
-    span = (shard["end"] or Path(shard["warc"]).stat().st_size) - shard["start"]
+    by_url = {d.url: d for d in read_documents(shard["urls"])} if shard["urls"] else None
+    span = (shard["end"] or storage.size(shard["warc"])) - shard["start"]
     progress = Progress(shard["id"], len(by_url) if by_url is not None else None)
     try:
-        for offset, url, html in warc_records(Path(shard["warc"]), shard["start"], shard["end"]):
+        for offset, url, html in warc_records(shard["warc"], shard["start"], shard["end"]):
             progress.update(None if by_url is not None else (offset - shard["start"]) / max(span, 1))
             doc = Document(id=url_id(url), url=url) if by_url is None else by_url.pop(url, None)
             if doc is not None:
@@ -96,49 +98,57 @@ def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[n
         yield doc
 
 
-def once(marker: Path, inputs: dict[str, Any], files: tuple[str, ...], force: bool,
+def once(marker: str, inputs: dict[str, Any], files: tuple[str, ...], force: bool,
          work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """`work()`'s result, reused from the done marker when that was written for the same inputs (the
     files named in `files` by size and mtime), settings and code; otherwise computed, then the marker
     written last, so a shard killed half-way has none and is redone."""
     key = fingerprint(inputs, files, sys.modules[__name__])
-    if not force and marker.exists():
-        saved = json.loads(marker.read_text())
+    if not force and storage.exists(marker):
+        saved = json.loads(storage.read_text(marker))
         if saved.get("fingerprint") == key:
             return saved["result"]
     result = work()
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": key, "result": result}))
-    tmp.replace(marker)
+    storage.write_text(marker, json.dumps({"fingerprint": key, "result": result}))
     return result
 
 
-def process_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> dict[str, Any]:
+def process_shard(shard: dict[str, Any], out_dir: str, steps: list[Step], dedup: dict[str, Any]) -> dict[str, Any]:
     """Run the steps over one shard's pages; write the kept documents and their LSH band keys."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with storage.staged_folder(out_dir) as local:
+        n, stats = write_shard(shard, local, steps, dedup)
+    return {"source": Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n).__dict__,
+            "stats": dict(stats)}
+
+
+def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> tuple[int, Counter]:
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
     docs = run_steps(shard_pages(shard, stats), steps, stats)
     if shard["urls"]:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
-        order = {d.url: i for i, d in enumerate(read_documents(Path(shard["urls"])))}
+        order = {d.url: i for i, d in enumerate(read_documents(shard["urls"]))}
         docs = iter(sorted(docs, key=lambda d: order[d.url]))
     n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
     np.save(out_dir / "bands.npy", band_table(np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"])))
-    return {"source": Source(str(out_dir / "docs.jsonl.zst"), str(out_dir / "bands.npy"), n).__dict__,
-            "stats": dict(stats)}
+    return n, stats
 
 
-def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: str,
+def finish_shard(source: Source, drop: list[int], tokens_dir: str | Path, shard_id: str,
                  tokenize: dict[str, Any]) -> dict[str, Any]:
     """Drop the shard's near-duplicates, tokenize the rest into its own token files, and keep the
     surviving documents with their band keys (what a later refresh dedups against)."""
-    tokens_dir.mkdir(parents=True, exist_ok=True)
+    with storage.staged_folder(tokens_dir) as local:
+        return write_tokens(source, drop, local, shard_id, tokenize)
+
+
+def write_tokens(source: Source, drop: list[int], tokens_dir: Path, shard_id: str,
+                 tokenize: dict[str, Any]) -> dict[str, Any]:
     stats: Counter = Counter()
     gone = set(drop)
     in_flight: deque[tuple[int, Document]] = deque()  # (position, document) between reading and writing
 
     def survivors() -> Iterator[Document]:
-        for i, doc in enumerate(read_documents(Path(source.docs))):
+        for i, doc in enumerate(read_documents(source.docs)):
             stats["dedup/dropped" if i in gone else "dedup/kept"] += 1
             if i not in gone:
                 in_flight.append((i, doc))
@@ -160,7 +170,7 @@ def finish_shard(source: Source, drop: list[int], tokens_dir: Path, shard_id: st
     routed = route_to_shards(tokenized, writers, tokenize["val_fraction"])
     docs_path, bands_path = tokens_dir / f"docs-{shard_id}.jsonl.zst", tokens_dir / f"bands-{shard_id}.npy"
     n = write_documents(docs_path, positions_of_kept(routed))
-    np.save(bands_path, keep_positions(np.load(source.bands), rows))  # the keys computed in process_shard
+    np.save(bands_path, keep_positions(storage.load_npy(source.bands), rows))  # the keys computed in process_shard
     return {"splits": {split: w.flush() for split, w in writers.items()},
             "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
 
@@ -177,35 +187,32 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
                force: bool = False) -> dict[str, Any]:
     """The per-document steps over one shard, reusing its done marker unless `force`."""
-    return once(Path(out_dir) / "done.json", {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
-                force, lambda: process_shard(shard, Path(out_dir), build_steps(pipeline), dedup))
+    return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
+                force, lambda: process_shard(shard, out_dir, build_steps(pipeline), dedup))
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
 def candidates_task(sources: list[dict[str, Any]], band: int, out_dir: str, max_bucket: int,
-                    chunk_docs: int) -> str:
+                    chunk_docs: int) -> dict[str, Any]:
     """Candidate pairs (earlier, later) of one LSH band, in global document numbers, written to the
-    band's pair file (sorted by the later document); returns its path."""
-    path = Path(out_dir) / f"pairs-{band:03d}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, band_candidates([Source(**s) for s in sources], band, max_bucket, chunk_docs))
-    return str(path)
+    band's pair file sorted by the later document; returns its path and each source's row bounds."""
+    path, all_sources = storage.join(out_dir, f"pairs-{band:03d}.npy"), [Source(**s) for s in sources]
+    pairs = band_candidates(all_sources, band, max_bucket, chunk_docs)
+    storage.save_npy(path, pairs)
+    return {"path": path, "bounds": shard_bounds(pairs, all_sources)}
 
 
-@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("pair_files",)))
-def confirm_task(pair_files: list[str], shard: int, sources: list[dict[str, Any]], threshold: float,
+@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("slices",)))
+def confirm_task(slices: list[tuple[str, int, int]], sources: list[dict[str, Any]], threshold: float,
                  ngram: int) -> list[list[int]]:
-    """The candidate pairs whose later document is in source `shard` and whose exact Jaccard is
-    above the threshold. Keyed by the pair files: they are rewritten whenever any shard changes."""
-    all_sources = [Source(**s) for s in sources]
-    starts = offsets(all_sources)
-    pairs = shard_pairs(pair_files, int(starts[shard]), int(starts[shard + 1]))
-    return confirm(pairs, all_sources, threshold, ngram).tolist()
+    """The candidate pairs in one shard's slices of the pair files whose exact Jaccard is above the
+    threshold. Keyed by the pair files: they are rewritten whenever any shard changes."""
+    return confirm(shard_pairs(slices), [Source(**s) for s in sources], threshold, ngram).tolist()
 
 
 @task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",)))
 def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str,
                 tokenize: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Filter one shard's near-duplicates and tokenize it, reusing its done marker unless `force`."""
-    return once(Path(tokens_dir) / f"done-{shard_id}.json", {"source": source, "drop": drop, "tokenize": tokenize},
-                ("source",), force, lambda: finish_shard(Source(**source), drop, Path(tokens_dir), shard_id, tokenize))
+    return once(storage.join(tokens_dir, f"done-{shard_id}.json"), {"source": source, "drop": drop, "tokenize": tokenize},
+                ("source",), force, lambda: finish_shard(Source(**source), drop, tokens_dir, shard_id, tokenize))
