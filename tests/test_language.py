@@ -21,10 +21,12 @@ def test_english_with_high_probability():
 
 
 def test_whole_document_is_read():
-    # a long German preamble followed by English: truncation at 80 characters would say "de"
+    # a German preamble longer than 80 characters, then far more English: a detector that reads only
+    # the first 80 characters says "de", one that reads the whole document "en"
     assert detector().config.max_input_length is None
-    mixed = "Guten Tag. " + " ".join([ENGLISH] * 20)
-    assert identify(mixed)[0] == "en"
+    preamble = " ".join(NON_ENGLISH["de"][1])[:200]
+    assert len(preamble) > 80 and identify(preamble[:80])[0] == "de"
+    assert identify(preamble + " " + " ".join([ENGLISH] * 20))[0] == "en"
 
 
 def test_language_step_filters_and_counts():

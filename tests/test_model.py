@@ -150,7 +150,11 @@ def test_to_hf_round_trip(gpt, tmp_path):
 
 def test_inference_runs_in_full_precision_on_a_cpu_and_bf16_on_a_gpu():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert inference_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.MonkeyPatch.context() as patch:
+        for available, expected in ((True, "cuda"), (False, "cpu")):
+            patch.setattr(torch.cuda, "is_available", lambda: available)
+            assert inference_device("auto") == torch.device(expected)
+    assert inference_device("cpu") == cpu
     assert inference_dtype("auto", cpu) == torch.float32 and inference_dtype("auto", gpu) == torch.bfloat16
     assert inference_dtype("float16", cpu) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'fp42'"):

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from importlib.resources import files
 
@@ -27,9 +30,16 @@ def test_ids_match_an_independent_gpt2_tokenizer():
 
 def test_split_is_deterministic_by_hash():
     ids = [url_id(f"https://example.com/{i}") for i in range(2000)]
-    first = [is_val(i, 0.1) for i in ids]
-    assert first == [is_val(i, 0.1) for i in ids]
-    assert 0.05 < sum(first) / len(first) < 0.15
+    here = [is_val(i, 0.1) for i in ids]
+    # another process with another str-hash seed (what Python's hash() would depend on) splits the same
+    code = ("import sys; from tasks.corpus.document import url_id; from tasks.corpus.tokenize import is_val; "
+            "print(''.join('1' if is_val(url_id(f'https://example.com/{i}'), 0.1) else '0' for i in range(2000)))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    assert other == "".join("1" if v else "0" for v in here)
+    assert 0.05 < sum(here) / len(here) < 0.15
+    assert is_val("00000000" + "0" * 8, 0.1) and not is_val("ffffffff" + "0" * 8, 0.1)
+    assert not any(is_val(i, 0.0) for i in ids) and all(is_val(i, 1.0) for i in ids)
 
 
 @pytest.fixture
