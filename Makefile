@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 ARGS   ?=
 
 # Offline, quiet defaults for Prefect's temporary server and W&B; override in the environment.
@@ -24,16 +25,25 @@ help:  ## list the targets
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (a no-op when up to date)
 
+# torch first, from TORCH_INDEX (a CPU build by default: no CUDA wheels on a CPU machine), pinned by
+# constraints.txt like everything else; a torch already in .venv (a GPU build, see README) is kept.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --no-deps -c constraints.txt \
+		--extra-index-url $(TORCH_INDEX) torch
 	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 demo: $(STAMP)  ## the whole pipeline on the bundled sample: corpus -> train -> eval -> sample (no network)
 	$(PY) -m flows.pipeline $(ARGS)
 
-test: $(STAMP)  ## run the test suite
+test: $(DEV_STAMP)  ## run the test suite (installs the dev extra: pytest, hadolint, moto)
 	$(PY) -m pytest $(ARGS)
 
 corpus: $(STAMP)  ## build the token corpus (default: the bundled sample)
@@ -73,20 +83,23 @@ SERVE_DIR    := .prefect-serve
 PREFECT_PORT ?= 4200
 SERVE_ENV    := PREFECT_HOME=$(CURDIR)/$(SERVE_DIR) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 
-serve: $(STAMP)  ## start a local Prefect server (SQLite) and a process worker; register prefect.yaml's deployments
+serve: $(STAMP)  ## start a local Prefect server (SQLite) and process workers for both pools; register prefect.yaml's deployments
 	@mkdir -p $(SERVE_DIR)
 	@test ! -f $(SERVE_DIR)/server.pid || { echo "already serving (make stop first)"; exit 1; }
 	$(SERVE_ENV) nohup $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) \
 		> $(SERVE_DIR)/server.log 2>&1 & echo $$! > $(SERVE_DIR)/server.pid
 	@for i in $$(seq 90); do curl -sf http://127.0.0.1:$(PREFECT_PORT)/api/health >/dev/null && break; sleep 1; done
-	$(SERVE_ENV) $(VENV)/bin/prefect work-pool create opengpt2 --type process --overwrite > /dev/null
+	for pool in opengpt2 opengpt2-gpu; do \
+		$(SERVE_ENV) $(VENV)/bin/prefect work-pool create $$pool --type process --overwrite > /dev/null; done
 	$(SERVE_ENV) $(VENV)/bin/prefect --no-prompt deploy --all
-	$(SERVE_ENV) nohup $(VENV)/bin/prefect worker start --pool opengpt2 \
+	$(SERVE_ENV) OPENGPT2_HOME=$(CURDIR) nohup $(VENV)/bin/prefect worker start --pool opengpt2 \
 		> $(SERVE_DIR)/worker.log 2>&1 & echo $$! > $(SERVE_DIR)/worker.pid
+	$(SERVE_ENV) OPENGPT2_HOME=$(CURDIR) nohup $(VENV)/bin/prefect worker start --pool opengpt2-gpu \
+		> $(SERVE_DIR)/gpu-worker.log 2>&1 & echo $$! > $(SERVE_DIR)/gpu-worker.pid
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (logs in $(SERVE_DIR)/, stop with make stop)"
 
 stop:  ## stop the server and worker that `make serve` started
-	@for name in worker server; do \
+	@for name in gpu-worker worker server; do \
 		f=$(SERVE_DIR)/$$name.pid; [ -f $$f ] || continue; pid=$$(cat $$f); kill $$pid 2>/dev/null; \
 		for i in $$(seq 10); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
 		kill -9 $$pid 2>/dev/null; rm -f $$f; echo "stopped $$name ($$pid)"; done

@@ -53,12 +53,16 @@ def serve_and_deploy(url: str, env: dict, procs: list):
             time.sleep(0.5)
     else:
         pytest.fail("the Prefect server did not start within 90 s")
-    subprocess.run([PREFECT, "work-pool", "create", "opengpt2", "--type", "process"], env=env, check=True,
-                   capture_output=True)
-    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, cwd=REPO, capture_output=True,
-                            text=True)
+    for pool in ("opengpt2", "opengpt2-gpu"):
+        subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process"], env=env, check=True,
+                       capture_output=True)
+    deploy_env = {k: v for k, v in env.items() if k != "OPENGPT2_HOME"}  # as on a host deploying for an image
+    deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=deploy_env, cwd=REPO,
+                            capture_output=True, text=True)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    procs.append(subprocess.Popen([PREFECT, "worker", "start", "--pool", "opengpt2"], env=env, cwd=REPO,
+    # the worker starts elsewhere: runs find the project through OPENGPT2_HOME, as in the images
+    procs.append(subprocess.Popen([PREFECT, "worker", "start", "--pool", "opengpt2"],
+                                  env={**env, "OPENGPT2_HOME": str(REPO)}, cwd=env["PREFECT_HOME"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     with temporary_settings({PREFECT_API_URL: url}):
         yield url
@@ -68,6 +72,14 @@ def test_deployments_are_registered(server):
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_deployments()}
     assert {"corpus-refresh", "corpus", "train", "evaluate", "pipeline"} <= names
+
+
+def test_deployments_resolve_their_folder_when_a_run_starts_and_train_goes_to_the_gpu_pool(server):
+    with get_client(sync_client=True) as client:
+        corpus, train = (client.read_deployment_by_name(name) for name in ("corpus/corpus", "train/train"))
+    directory = corpus.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert directory == "{{ $OPENGPT2_HOME }}"  # not the host folder it was registered from
+    assert corpus.work_pool_name == "opengpt2" and train.work_pool_name == "opengpt2-gpu"
 
 
 def test_refresh_schedule_is_registered_with_its_cron(server):
