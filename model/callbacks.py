@@ -1,13 +1,57 @@
-"""Lightning callbacks: throughput and MFU, a guard against non-finite loss, saving on SIGTERM/SIGINT,
-and a table of samples in W&B."""
+"""Lightning callbacks: a step progress bar, throughput and MFU, a guard against non-finite loss,
+saving on SIGTERM/SIGINT, and a table of samples in W&B."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ProgressBar
+from tqdm import tqdm
+
+
+class StepProgress(ProgressBar):
+    """One bar over optimizer steps, shown from the first one: step / max_steps, loss, tokens/s, ETA.
+    A resumed run starts at its step; validation runs without a bar of its own.
+
+    Lightning's own bar counts batches per epoch, which on a step-bounded run of one endless epoch
+    reads "Epoch 0/-2" and says nothing about how far the run has gone.
+    """
+
+    def __init__(self, tokens_per_step: int):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+        self.bar: tqdm | None = None
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.enabled and trainer.is_global_zero:
+            self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, desc="train (first step: compiling and warming up)")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.bar is None or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        self.bar.set_description("train", refresh=False)
+        rate = self.bar.format_dict.get("rate")
+        loss = trainer.callback_metrics.get("train/loss")
+        self.bar.set_postfix({"loss": f"{float(loss):.3f}" if loss is not None else "-",
+                              "tok/s": f"{rate * self.tokens_per_step:,.0f}" if rate else "-"}, refresh=False)
+        self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class Throughput(pl.Callback):

@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, Throughput
-from model.data import TokenDataModule
+from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
+from model.data import TokenDataModule, TokenShards
 from model.lit import GPTLightning
 
 
@@ -63,7 +63,7 @@ def make_trainer(cfg: dict[str, Any], ckpt_dir: Path, logger, callbacks: list[pl
     tokens_per_step = tr["batch_size"] * block_size * accumulate
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=tr["checkpoint_every_n_steps"]),
-                 Throughput(tokens_per_step, tr["peak_flops"]), NonFiniteLossGuard(ckpt_dir / "before-nonfinite.ckpt"),
+                 StepProgress(tokens_per_step), Throughput(tokens_per_step, tr["peak_flops"]), NonFiniteLossGuard(ckpt_dir / "before-nonfinite.ckpt"),
                  SaveOnSignal(ckpt_dir / "last.ckpt"), SampleTable(tr["sample_every_n_steps"], [cfg["prompt"]]),
                  *callbacks]
     return pl.Trainer(accelerator=tr["accelerator"], devices=tr["devices"], num_nodes=tr["num_nodes"],
@@ -84,8 +84,12 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     data = TokenDataModule(data_dir, cfg["model"]["block_size"], tr["batch_size"], cfg["seed"], tr["num_workers"])
     logger = make_logger(cfg)
     trainer = make_trainer(cfg, Path(ckpt_dir), logger, list(callbacks))
+    resume = tr["resume"] and last.exists()
+    print(f"train: {cfg['model']['name']} ({module.model.num_params() / 1e6:.1f}M parameters) on "
+          f"{len(TokenShards(Path(data_dir), 'train')):,} tokens from {data_dir}, {tr['max_steps']} steps, "
+          f"{'resuming from ' + str(last) if resume else 'from scratch'}", flush=True)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if tr["resume"] and last.exists() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {"checkpoint": str(last), "metrics": metrics, "seconds": time.perf_counter() - start,
               "global_step": trainer.global_step, "wandb_dir": logger.experiment.dir if logger else None}

@@ -123,3 +123,12 @@ def test_checkpoint_exports_to_a_folder_transformers_loads(shards, tmp_path):
     ids = torch.randint(0, 50257, (1, 16))
     assert torch.allclose(gpt(ids), hf(ids).logits, atol=1e-4)
     assert torch.allclose(load_gpt(str(tmp_path / "hf"))(ids), gpt(ids), atol=1e-5)
+
+
+def test_progress_bar_counts_optimizer_steps_from_the_first_with_loss_and_speed(shards, tmp_path, capfd):
+    fit(train_cfg("trainer.max_steps=6", "trainer.log_every_n_steps=1"), shards, str(tmp_path / "run"))
+    out, err = capfd.readouterr()
+    assert "train: gpt2-tiny (" in out and "from scratch" in out  # what it trains on, before the first step
+    assert "train (first step" in err and "6/6" in err and "Epoch" not in err
+    last = [line for line in err.replace("\r", "\n").splitlines() if "6/6" in line][-1]
+    assert "loss=" in last and "tok/s=" in last and "step/s" in last
