@@ -122,6 +122,7 @@ def process_shard(shard: dict[str, Any], out_dir: str, steps: list[Step], dedup:
 
 
 def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> tuple[int, Counter]:
+    """`process_shard`'s work in a local folder: docs.jsonl.zst and bands.npy; returns (documents, counters)."""
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
     docs = run_steps(shard_pages(shard, stats), steps, stats)
@@ -143,6 +144,7 @@ def finish_shard(source: Source, drop: list[int], tokens_dir: str | Path, shard_
 
 def write_tokens(source: Source, drop: list[int], tokens_dir: Path, shard_id: str,
                  tokenize: dict[str, Any]) -> dict[str, Any]:
+    """`finish_shard`'s work in a local folder."""
     stats: Counter = Counter()
     gone = set(drop)
     in_flight: deque[tuple[int, Document]] = deque()  # (position, document) between reading and writing
