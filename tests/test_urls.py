@@ -1,6 +1,9 @@
 import bz2
+import gzip
 import json
 import lzma
+import random
+import string
 from collections import Counter
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import zstandard
 
 from flows.common import load_config
 from tasks.corpus.document import Document, read_documents
+from tasks.corpus.dumpfile import BadDump
 from tasks.corpus.urls import SeenUrls, normalise_url, read_submissions, rejection, select_urls, shard_documents
 from tests.conftest import shared_path
 
@@ -139,3 +143,69 @@ def test_shards_hold_the_kept_urls_in_dump_order(tmp_path):
 def test_missing_dump_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="check corpus.dumps"):
         list(read_submissions([tmp_path / "RS_missing.zst"], Counter()))
+
+
+def lines_of(titles) -> bytes:
+    return "".join(json.dumps(record(title=t)) + "\n" for t in titles).encode()
+
+
+def noisy_titles(prefix: str, n: int) -> list[str]:
+    """Titles that compress poorly, so a frame spans many zstd blocks."""
+    rng = random.Random(prefix)
+    return [f"{prefix}{i}-" + "".join(rng.choices(string.ascii_letters, k=200)) for i in range(n)]
+
+
+def damage(data: bytes, at: int, n: int = 1000) -> bytes:
+    """`n` bytes lost from the middle (a bad sector): the block there no longer decodes."""
+    return data[:at] + data[at + n:]
+
+
+def zstd_cli(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(write_checksum=True).compress(data)  # as the zstd command writes frames
+
+
+def test_a_damaged_zst_frame_loses_only_itself(tmp_path):
+    parts = [noisy_titles(p, 1500) for p in "abc"]  # ~4 zstd blocks (128 KB of text each) per frame
+    frames = [zstd_cli(lines_of(t)) for t in parts]
+    path = tmp_path / "RS_frames.zst"
+    path.write_bytes(frames[0] + damage(frames[1], len(frames[1]) // 2) + frames[2])
+    stats = Counter()
+    titles = [r["title"] for _, r in read_submissions([path], stats)]
+    assert titles[:1500] == parts[0] and titles[-1500:] == parts[2]  # the intact frames, whole
+    assert titles[1500:1800] == parts[1][:300]  # and the damaged frame's blocks before the damage
+    assert stats["urls/damaged_frame"] == 1 and 0 < stats["urls/damaged_bytes"] < len(frames[1])
+
+
+def test_damage_in_one_long_frame_keeps_everything_before_it(tmp_path):
+    titles = noisy_titles("x", 4000)
+    data = zstd_cli(lines_of(titles))
+    path = tmp_path / "RS_long.zst"
+    path.write_bytes(damage(data, int(len(data) * 0.7)))
+    stats = Counter()
+    kept = [r["title"] for _, r in read_submissions([path], stats)]
+    before = int(0.6 * len(titles))  # comfortably before the damaged bytes
+    assert kept[:before] == titles[:before]
+    assert stats["urls/damaged_frame"] + stats["urls/truncated_file"] == 1
+
+
+@pytest.mark.parametrize("name, writer", [("RS_plain.zst", lambda b: b), ("RS_zstd.xz", zstandard.ZstdCompressor().compress),
+                                          ("RS_gzip.bz2", gzip.compress)])
+def test_the_format_comes_from_the_bytes_not_the_name(tmp_path, name, writer):
+    path = tmp_path / name
+    path.write_bytes(writer(lines_of(["a", "b"])))
+    stats = Counter()
+    assert [r["title"] for _, r in read_submissions([path], stats)] == ["a", "b"]
+    assert stats["urls/misnamed_file"] == 1
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "is empty"), (b"\x00\x01binary", "is not a dump"),
+                                             (b"not json\nat all\n", "is not a dump"), (b"{broken\n{also broken\n", "holds no JSON record")])
+def test_an_unreadable_dump_stops_the_stage_unless_skipping_is_asked_for(tmp_path, content, reason):
+    bad, good = tmp_path / "RS_bad.zst", tmp_path / "RS_good.ndjson"
+    bad.write_bytes(content)
+    good.write_bytes(lines_of(["ok"]))
+    with pytest.raises(BadDump, match=reason):
+        list(read_submissions([bad, good], Counter()))
+    stats = Counter()
+    assert [r["title"] for _, r in read_submissions([bad, good], stats, skip_bad=True)] == ["ok"]
+    assert stats["urls/unreadable_file"] == stats["urls/RS_bad.zst/unreadable_file"] == 1

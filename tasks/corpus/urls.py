@@ -1,7 +1,6 @@
 """Stage urls: Reddit submissions from Pushshift dumps -> unique, normalised article URLs."""
 from __future__ import annotations
 
-import bz2
 import html
 import io
 import itertools
@@ -11,7 +10,7 @@ import lzma
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -22,86 +21,63 @@ from tqdm import tqdm
 
 from tasks.caching import FilesAndCode
 from tasks.corpus.document import Document, url_id, write_documents
+from tasks.corpus.dumpfile import BadDump, dump_format, open_dump
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class ZstdReader(io.RawIOBase):
-    """Streams a (multi-frame) zstd file and raises EOFError when it ends mid-frame, which
-    zstandard's own stream_reader reports as a clean end."""
-
-    def __init__(self, raw: BinaryIO):
-        self.raw, self.pending = raw, b""
-        self.frame = self._new_frame()
-
-    @staticmethod
-    def _new_frame():
-        # Pushshift's dumps are written with a 2 GiB window; the library's default refuses them.
-        return zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self.pending:
-            chunk = self.raw.read(1 << 20)
-            if not chunk:
-                if not self.frame.eof:
-                    raise EOFError("zstd stream ends in the middle of a frame")
-                return 0
-            self.pending = self._decompress(chunk)
-        n = min(len(buffer), len(self.pending))
-        buffer[:n], self.pending = self.pending[:n], self.pending[n:]
-        return n
-
-    def _decompress(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            if self.frame.eof:
-                self.frame = self._new_frame()
-            out.append(self.frame.decompress(data))
-            data = self.frame.unused_data if self.frame.eof else b""
-        return b"".join(out)
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
+SUFFIX_FORMAT = {".zst": "zst", ".xz": "xz", ".bz2": "bz2", ".gz": "gz", ".json": "ndjson", ".ndjson": "ndjson"}
 
 
-def open_dump(path: Path) -> BinaryIO:
-    """Open a dump for streaming, whatever it is compressed with (.zst, .xz, .bz2 or plain NDJSON)."""
-    raw = open(path, "rb")
-    if path.suffix == ".zst":
-        return io.BufferedReader(ZstdReader(raw), buffer_size=1 << 20)
-    if path.suffix == ".xz":
-        return lzma.open(raw)
-    if path.suffix == ".bz2":
-        return bz2.open(raw)
-    return raw
-
-
-def read_submissions(paths: Iterable[Path], stats: Counter) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(dump name, record) for each JSON record of the dumps; corrupt lines and truncated files are
-    counted (in total and per dump), logged and skipped, and the records before the damage are kept."""
+def read_submissions(paths: Iterable[Path], stats: Counter, skip_bad: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dump name, record) for each JSON record of the dumps. Corrupt lines, damaged frames and
+    truncated files are counted (in total and per dump), logged and skipped, and every intact record
+    is kept. A dump that cannot be read at all (missing, empty, not a dump, not one record) stops the
+    stage with BadDump, unless `skip_bad`: then it is counted as `unreadable_file` and skipped."""
     for path in paths:
-        if not path.is_file():  # a wrong setting, not damaged input: stop and say so
+        if not path.is_file():  # a wrong setting, not bad input: never skipped
             raise FileNotFoundError(f"dump {path} does not exist: check corpus.dumps")
         try:
-            with open_dump(path) as stream:
-                for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), 1):
-                    stats["urls/records_read"] += 1
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        record = None
-                    if isinstance(record, dict):
-                        yield path.name, record
-                    else:
-                        count_bad(stats, path, "corrupt_line", f"line {number} is not a JSON object")
-        except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
-            count_bad(stats, path, "truncated_file", f"ends early ({err}); kept the records read before it")
+            yield from read_dump(path, stats)
+        except BadDump as err:
+            if not skip_bad:
+                raise
+            count_bad(stats, path, "unreadable_file", f"{err}; skipped (corpus.urls.skip_bad_dumps)")
+
+
+def read_dump(path: Path, stats: Counter) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The records of one dump, read by its real format; see `read_submissions`."""
+    fmt = dump_format(path)
+    if SUFFIX_FORMAT.get(path.suffix, fmt) != fmt:
+        count_bad(stats, path, "misnamed_file", f"is named {path.suffix} but holds {fmt}; read as {fmt}")
+    stream, kept, lines = open_dump(path, fmt), 0, 0
+    try:
+        with stream:
+            for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
+                lines += 1
+                stats["urls/records_read"] += 1
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                if isinstance(record, dict):
+                    kept += 1
+                    yield path.name, record
+                else:
+                    count_bad(stats, path, "corrupt_line", f"line {lines} is not a JSON object")
+    except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
+        count_bad(stats, path, "truncated_file", f"ends early or is damaged after {kept:,} records ({err}); "
+                                                 "kept those, the rest of the file is lost")
+    for damage in getattr(getattr(stream, "raw", None), "damage", []):
+        stats["urls/damaged_bytes"] += damage.skipped
+        where = f"the next frame at byte {damage.next_frame:,}" if damage.next_frame is not None else "the end"
+        count_bad(stats, path, "damaged_frame", f"a damaged zstd frame at byte {damage.offset:,}: skipped "
+                                                f"{damage.skipped:,} bytes to {where}; kept every record decoded "
+                                                f"before and after it ({kept:,} from this dump)")
+    if not kept:
+        raise BadDump(f"dump {path} holds no JSON record ({lines:,} lines read)")
 
 
 def count_bad(stats: Counter, path: Path, what: str, message: str) -> None:
@@ -232,7 +208,7 @@ def urls_task(dumps: list[str], out_dir: str, cfg: dict[str, Any], shard_docs: i
     """Read the dumps and write the kept URLs as documents, in shards of `shard_docs`, under `out_dir`;
     `seen_dir` holds the URLs taken by earlier runs."""
     stats: Counter = Counter()
-    records = read_submissions(tqdm([Path(p) for p in dumps], desc="urls", unit="dump"), stats)
+    records = read_submissions(tqdm([Path(p) for p in dumps], desc="urls", unit="dump"), stats, cfg["skip_bad_dumps"])
     seen = SeenUrls(Path(seen_dir) if seen_dir else None)
     shards = shard_documents(select_urls(records, cfg, stats, seen), Path(out_dir), shard_docs)
     seen.close()  # only after every shard is written: a killed run leaves no URL marked seen but unsaved
