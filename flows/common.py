@@ -1,14 +1,21 @@
 """What every flow shares: config loading, cached tasks, and where a run's files go."""
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import hydra
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from flows.schema import check
 from tasks import storage
+from tasks.errors import UserError
 
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
@@ -22,8 +29,37 @@ OmegaConf.register_new_resolver("repo", lambda rel="": str(REPO / rel), replace=
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    """A resolved plain-dict copy of a Hydra config, as Prefect flow parameters must be."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    """A resolved plain-dict copy of a Hydra config, as Prefect flow parameters must be, checked
+    against `flows.schema` (ConfigError names the first wrong keys)."""
+    return check(OmegaConf.to_container(cfg, resolve=True))
+
+
+def command(run: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+    """The command line of a flow: `python -m flows.X key=value …` composes the config from conf/ and
+    the overrides, checks it, and hands it to `run`. A user's mistake (a malformed or unknown
+    override, a value not allowed, a missing input: any UserError) is one line on stderr and exit
+    code 2. Hydra's own flags (`--cfg job`, `--help`, `-m`) go through Hydra's command line."""
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+    def hydra_main(cfg: DictConfig) -> None:
+        run(to_dict(cfg))
+
+    def main() -> None:
+        overrides = sys.argv[1:]
+        try:
+            if any(arg.startswith("-") for arg in overrides):
+                hydra_main()
+            else:
+                run(load_config(overrides))
+        except (UserError, HydraException, OmegaConfBaseException) as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return main
+
+
+def one_line(err: Exception) -> str:
+    """An error's message on one line (Hydra's span several, with hints)."""
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:

@@ -8,24 +8,24 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import CONF_DIR, cached, load_config, task_runner, to_dict, token_dir, wait_with_progress
+from flows.common import cached, command, load_config, task_runner, token_dir, wait_with_progress
 from model.bpe import EOT
 from sample.web import serve_sample_web
 from tasks.caching import code_version
 from tasks.corpus import shards
+from tasks.corpus.dumpfile import dump_format
 from tasks.corpus.fetch import fetch_task
 from tasks.corpus.neardup import Source, dropped, offsets
 from tasks import storage
 from tasks.corpus.report import funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
 from tasks.corpus.urls import urls_task
+from tasks.errors import MissingInput, UserError
 
 
 def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[dict], list[PrefectFuture], list]:
@@ -105,9 +105,6 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     """Shards, the steps per shard, near-dup removal across shards, then tokens; returns the token
     folder and every counter. With `corpus.source=warc` the pages come from `corpus.warc_files`."""
     c = cfg["corpus"]
-    if c["source"] == "fetch" and not storage.is_local(c["out_dir"]):
-        raise ValueError(f"corpus.out_dir={c['out_dir']}: a store URL needs corpus.source=warc (fetching writes "
-                         "URL lists and pages to a local or shared folder)")
     work = Path(c["out_dir"])
     serve = c["serve_sample_web"] and c["source"] == "fetch"
     with serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
@@ -124,13 +121,34 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"data_dir": token_dir(cfg), "stats": stats}
 
 
+def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` when every input the corpus asks for is there and usable, else a UserError in one line,
+    before any task starts."""
+    c = cfg["corpus"]
+    if c["source"] == "fetch":
+        if not storage.is_local(c["out_dir"]):
+            raise UserError(f"corpus.out_dir={c['out_dir']}: a store URL needs corpus.source=warc (fetching "
+                            "writes URL lists and pages to a local or shared folder)")
+        for dump in map(Path, c["dumps"]):
+            if not dump.is_file():
+                raise MissingInput(f"dump {dump} does not exist: check corpus.dumps")
+            if not c["urls"]["skip_bad_dumps"]:
+                dump_format(dump)  # BadDump when it is empty or not a dump at all
+    elif not c["warc_files"]:
+        raise UserError("corpus.source=warc needs corpus.warc_files=[...]")
+    for warc in c["warc_files"] if c["source"] == "warc" else []:
+        if not storage.exists(warc):
+            raise MissingInput(f"WARC file {warc} does not exist: check corpus.warc_files")
+    return cfg
+
+
 @flow(name="corpus", log_prints=True)
 def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
 
     The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers).
     """
-    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+    cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
     result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]
     stats, sizes = result["stats"], storage.folder_sizes(out_dir)
@@ -144,9 +162,7 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     return {**result, "report": report}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    corpus_flow(to_dict(cfg))
+main = command(lambda cfg: corpus_flow(check_inputs(cfg)))  # inputs checked before the flow starts
 
 
 if __name__ == "__main__":

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import CONF_DIR, cached, checkpoint_path, load_config, to_dict, token_dir
+from flows.common import cached, checkpoint_path, command, load_config, token_dir
 from model.benchmarks import results_table
 from tasks.lm.evaluate import evaluate_task
 
@@ -49,9 +47,7 @@ def log_evaluation(result: dict[str, Any], table: str, cfg: dict[str, Any]) -> N
         run.summary["evaluation_table"] = table
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    evaluate_flow(to_dict(cfg))
+main = command(evaluate_flow)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 
-from flows.common import CONF_DIR, checkpoint_path, to_dict
+from flows.common import checkpoint_path, command
 from model.lit import load_gpt
 
 
@@ -16,9 +14,7 @@ def export(cfg: dict[str, Any]) -> str:
     return cfg["export_dir"]
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    print(f"wrote {export(to_dict(cfg))}")
+main = command(lambda cfg: print(f"wrote {export(cfg)}"))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, checkpoint_path, load_config, to_dict
+from flows.common import checkpoint_path, command, load_config
 from tasks.lm.generate import generate_task
 
 
@@ -18,9 +16,7 @@ def generate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None
     return generate_task(checkpoint_path(cfg), cfg)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    generate_flow(to_dict(cfg))
+main = command(generate_flow)
 
 
 if __name__ == "__main__":

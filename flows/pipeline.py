@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, load_config, to_dict
-from flows.corpus import corpus_flow
+from flows.common import command, load_config
+from flows.corpus import check_inputs, corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.train import train_flow
@@ -35,11 +33,12 @@ def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None
     return {"corpus": corpus, "train": trained, "eval": metrics, "samples": generate_flow(cfg)}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    config = to_dict(cfg)
-    result = pipeline_flow(config)
-    print(summary(result["corpus"], config["corpus"]["pipeline"], result["eval"], result["samples"]))
+def run(cfg: dict[str, Any]) -> None:
+    result = pipeline_flow(check_inputs(cfg))  # the corpus's inputs checked before the flow starts
+    print(summary(result["corpus"], cfg["corpus"]["pipeline"], result["eval"], result["samples"]))
+
+
+main = command(run)
 
 
 if __name__ == "__main__":

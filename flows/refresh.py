@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 from prefect import flow, get_run_logger
 
-from flows.common import CONF_DIR, load_config, to_dict, token_dir
+from flows.common import command, load_config, token_dir
 from flows.corpus import corpus_flow
 from tasks.corpus.dumps import download_dumps_task
 
@@ -87,9 +85,7 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
     return {"new_dumps": [p.name for p in dumps], "version": version, "stats": result["stats"]}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    refresh_flow(to_dict(cfg))
+main = command(refresh_flow)
 
 
 if __name__ == "__main__":

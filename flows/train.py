@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
 from prefect import flow
 
-from flows.common import CONF_DIR, cached, load_config, run_dir, to_dict, token_dir
+from flows.common import cached, command, load_config, run_dir, token_dir
 from flows.corpus import corpus_flow
 from tasks import storage
+from tasks.errors import UserError
 from tasks.lm.train import train_task
 
 TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "prompt")
@@ -20,7 +19,7 @@ def corpus_dir(cfg: dict[str, Any]) -> str:
     """The token shards for `cfg.corpus`, running the corpus flow when they do not exist yet."""
     tokens = token_dir(cfg)
     if not storage.is_local(tokens):
-        raise ValueError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
+        raise UserError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
                          "folder; copy the corpus's tokens/ folder down and point corpus.out_dir at it")
     return tokens if Path(tokens, "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
 
@@ -35,9 +34,7 @@ def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = 
     return result
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    train_flow(to_dict(cfg))
+main = command(train_flow)
 
 
 if __name__ == "__main__":

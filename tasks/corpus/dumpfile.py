@@ -18,11 +18,13 @@ from typing import BinaryIO
 
 import zstandard
 
+from tasks.errors import UserError
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAGIC = ((ZSTD_MAGIC, "zst"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"), (b"\x1f\x8b", "gz"))
 
 
-class BadDump(Exception):
+class BadDump(UserError):
     """A dump that cannot be read at all: empty, or neither compressed nor JSON lines."""
 
 

@@ -1,0 +1,230 @@
+"""The typed shape of the Hydra config: every group's keys, types and allowed ranges.
+
+`check(cfg)` runs after Hydra composes a config and before any flow starts; a wrong type, an unknown
+key or a value out of range becomes one `ConfigError` line naming the key, the value and what is
+allowed. The values themselves live in `conf/` only.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import UserError
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(UserError):
+    """A setting that is not allowed, said in one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class Paths(Strict):
+    data: str
+
+
+class Optim(Strict):
+    lr: Annotated[float, Field(gt=0)]
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_steps: NonNegative
+    min_lr_ratio: Fraction
+
+
+class Model(Strict):
+    name: str
+    block_size: Positive
+    n_layer: Positive
+    n_head: Positive
+    n_embd: Positive
+    padded_vocab_size: Annotated[int, Field(ge=50257)] = 50304  # the model code's default
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    lr: Annotated[float, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def heads_divide_width(self) -> Model:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        return self
+
+
+class DeepSpeed(Strict):
+    stage: Literal[1, 2, 3]
+    offload_optimizer: bool
+    offload_params: bool
+
+
+class Trainer(Strict):
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
+    devices: int | str | list[int]
+    num_nodes: Positive
+    strategy: Literal["auto", "ddp", "deepspeed"]
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
+    max_steps: Positive
+    batch_size: Positive
+    global_batch_tokens: Positive | None
+    accumulate_grad_batches: Positive
+    gradient_clip_val: Annotated[float, Field(ge=0)] | None
+    activation_checkpointing: bool
+    compile: bool
+    val_check_interval: Positive
+    limit_val_batches: Annotated[float, Field(ge=0)]
+    log_every_n_steps: Positive
+    checkpoint_every_n_steps: Positive
+    resume: bool
+    sample_every_n_steps: NonNegative
+    peak_flops: Annotated[float, Field(gt=0)] | None
+    profiler: Literal["simple", "advanced", "pytorch"] | None
+    num_workers: NonNegative
+    deepspeed: DeepSpeed | None = None
+
+
+class Logger(Strict):
+    enabled: bool
+    project: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = None
+    save_dir: str | None = None
+    log_model: bool | None = None
+
+
+class Eval(Strict):
+    context: Positive
+    stride: Positive | None
+    max_tokens: Positive
+    device: str
+    dtype: Literal["float32", "bfloat16", "float16"]
+    benchmarks_dir: str | None
+    benchmarks: dict[str, str]
+
+
+class Runner(Strict):
+    type: Literal["dask", "threads"]
+    address: str | None = None
+    n_workers: Positive | None = None
+    max_workers: Positive | None = None
+
+
+class Refresh(Strict):
+    dumps_dir: str
+    pattern: str
+    dump_urls: list[str]
+
+
+class Urls(Strict):
+    min_score: int
+    skip_bad_dumps: bool
+    blocked_domains: list[str]
+    blocked_extensions: list[str]
+    tracking_params: list[str]
+
+
+class Fetch(Strict):
+    concurrency: Positive
+    per_host: Positive
+    connect_timeout_s: Annotated[float, Field(gt=0)]
+    read_timeout_s: Annotated[float, Field(gt=0)]
+    total_timeout_s: Annotated[float, Field(gt=0)]
+    retries: NonNegative
+    backoff_s: Annotated[float, Field(ge=0)]
+    max_retry_wait_s: Annotated[float, Field(ge=0)]
+    max_redirects: NonNegative
+    max_bytes: Positive
+    allow_addresses: list[str]
+    user_agent: str
+    proxy: str | None
+
+
+class Step(BaseModel):
+    """One entry of `corpus.pipeline`: a step class and its settings (checked by the class itself)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: Annotated[str, Field(alias="_target_", pattern=r"^tasks\.corpus\.\w+\.\w+$")]
+    enabled: bool = True
+
+
+class Dedup(Strict):
+    threshold: Annotated[float, Field(gt=0, lt=1)]
+    ngram: Positive
+    bands: Positive
+    rows: Positive
+    max_bucket: Positive
+    chunk_docs: Positive
+    against: list[str]
+
+
+class Tokenize(Strict):
+    min_tokens: NonNegative
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
+    shard_tokens: Positive
+
+
+class Corpus(Strict):
+    name: str
+    source: Literal["fetch", "warc"]
+    dumps: list[str]
+    warc_files: list[str]
+    refresh: Refresh
+    out_dir: str
+    seen_urls_dir: str | None
+    shard_docs: Positive
+    shard_bytes: Positive
+    serve_sample_web: bool
+    urls: Urls
+    fetch: Fetch
+    pipeline: list[Step]
+    dedup: Dedup
+    tokenize: Tokenize
+
+
+class Config(Strict):
+    paths: Paths
+    seed: int
+    refresh: bool
+    run_name: str
+    optim: Optim
+    checkpoint: str | None
+    export_dir: str
+    prompt: str
+    max_new_tokens: Positive
+    temperature: Annotated[float, Field(ge=0)]
+    top_k: NonNegative | None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None
+    repetition_penalty: Annotated[float, Field(gt=0)]
+    num_samples: Positive
+    compile_decode: bool | Literal["auto"]
+    device: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    corpus: Corpus
+    model: Model
+    trainer: Trainer
+    logger: Logger
+    eval: Eval
+    runner: Runner
+
+
+def check(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` unchanged when every key is allowed, else ConfigError: one line per wrong key."""
+    try:
+        Config.model_validate(cfg)
+    except ValidationError as err:
+        raise ConfigError("; ".join(describe(e) for e in err.errors())) from None
+    return cfg
+
+
+def describe(error: dict[str, Any]) -> str:
+    """'trainer.max_steps=abc: Input should be a valid integer' for one validation error."""
+    loc = [str(part) for part in error["loc"] if not str(part).startswith(("function-after", "tagged-union"))]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (a typo? see conf/)"
+    if error["type"] == "missing":
+        return f"{key}: missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    return f"{key}: {message}" if isinstance(value, (dict, list)) else f"{key}={value}: {message}"

@@ -1,0 +1,47 @@
+"""A user's mistake on the command line is one line on stderr and exit code 2, before any flow
+starts; the settings' types and ranges come from flows/schema.py."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.common import load_config
+from flows.schema import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.mark.parametrize("module, args, says", [
+    ("flows.train", ["trainer.max_steps=abc"], "trainer.max_steps=abc: Input should be a valid integer"),
+    ("flows.generate", ["top_p=1.5", "temperature=-1", "top_k=-5"], "temperature=-1"),
+    ("flows.train", ["trainer.max_stepz=3"], "Could not override 'trainer.max_stepz'"),
+    ("flows.train", ["trainer=gpux"], "Could not find 'trainer/gpux'"),
+    ("flows.corpus", ["corpus=pushshift", "corpus.dumps=[/nonexistent/RS_x.zst]"], "dump /nonexistent/RS_x.zst does not exist"),
+    ("flows.corpus", ["corpus.source=warc"], "corpus.source=warc needs corpus.warc_files"),
+])
+def test_a_mistake_is_one_line_and_exit_code_2(module, args, says, tmp_path):
+    result = subprocess.run([sys.executable, "-m", module, f"paths.data={tmp_path}", "logger=none", *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "corpus").exists()  # nothing ran
+
+
+def test_every_shipped_config_group_passes_the_schema():
+    for group in ("trainer", "model", "corpus", "logger", "runner"):
+        for option in sorted((CONF / group).glob("*.yaml")):
+            if option.stem != "base":
+                load_config([f"{group}={option.stem}"])  # raises ConfigError when a shipped file breaks the schema
+
+
+def test_the_schema_names_every_wrong_key_with_its_value_and_what_is_allowed():
+    with pytest.raises(ConfigError) as err:
+        load_config(["top_p=0", "repetition_penalty=0", "model.n_head=5", "corpus.dedup.threshold=1.5",
+                     "corpus.pipeline.0._target_=os.system", "+trainer.typo=1"])
+    message = str(err.value)
+    for part in ("top_p=0: Input should be greater than 0", "repetition_penalty=0:", "model: n_embd=128 must be a multiple of n_head=5",
+                 "corpus.dedup.threshold=1.5", "corpus.pipeline.0._target_=os.system", "trainer.typo: unknown key"):
+        assert part in message, message
