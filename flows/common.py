@@ -108,9 +108,10 @@ def task_runner(cfg: dict[str, Any]) -> Any:
                                          "dashboard_address": None, "env": {"PREFECT_API_URL": prefect_api_url()}})
 
 
-def wait_with_progress(futures: list[PrefectFuture], what: str) -> list[Any]:
+def wait_with_progress(futures: list[PrefectFuture], what: str, upstream: list[PrefectFuture] = ()) -> list[Any]:
     """The futures' results in submission order, with a progress bar (rate, ETA) on the console and a
-    progress artifact in the Prefect UI while they complete."""
+    progress artifact in the Prefect UI while they complete. A failed `upstream` future (one these
+    wait for) raises its own error first: it says why, where its dependents only say they never ran."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.futures import as_completed
 
@@ -119,6 +120,9 @@ def wait_with_progress(futures: list[PrefectFuture], what: str) -> list[Any]:
         for done, _ in enumerate(as_completed(futures), 1):
             bar.update()
             update_progress_artifact(artifact, 100.0 * done / len(futures))
+    for future in upstream:
+        if future.state.is_failed():
+            future.result()
     return [f.result() for f in futures]
 
 

@@ -48,7 +48,7 @@ def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFutu
     futures = [cached(shard_task, cfg).submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"], c["dedup"],
                                               cfg["refresh"], wait_for=wait_for[i:i + 1])
                for i, shard in enumerate(plan)]
-    return wait_with_progress(futures, "shards")
+    return wait_with_progress(futures, "shards", upstream=wait_for)
 
 
 def earlier_sources(manifests: list[str]) -> list[Source]:

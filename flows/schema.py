@@ -135,6 +135,9 @@ class Fetch(Strict):
     max_retry_wait_s: Annotated[float, Field(ge=0)]
     max_redirects: NonNegative
     max_bytes: Positive
+    slow_after_s: Annotated[float, Field(ge=0)]
+    min_bytes_per_s: Annotated[float, Field(ge=0)]
+    max_network_failure_share: Fraction
     allow_addresses: list[str]
     user_agent: str
     proxy: str | None

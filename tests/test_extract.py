@@ -65,3 +65,16 @@ def test_quality_on_real_news_pages(method, min_f1):
         html = gzip.decompress((root / "html" / f"{page_id}.html.gz").read_bytes()).decode("utf-8")
         f1s.append(shingle_scores(extract(html, item["url"], method), item["articleBody"])[2])
     assert sum(f1s) / len(f1s) >= min_f1
+
+
+def test_a_binary_body_in_a_warc_is_counted_as_binary_not_empty():
+    from collections import Counter
+
+    from tasks.corpus.document import Document
+    from tasks.corpus.extract import Extract
+
+    body = decode_html(bytes(range(256)) * 20, "text/html")  # a file served as HTML
+    docs = [Document(id="b", url="u", html=body), Document(id="p", url="v", html=SAMPLE_PAGE.read_text())]
+    stats = Counter()
+    assert [d.id for d in Extract("trafilatura")(docs, stats)] == ["p"]
+    assert stats["extract/binary"] == 1 and stats["extract/empty"] == 0

@@ -2,8 +2,11 @@ import os
 import signal
 import subprocess
 import sys
+import socket
+import threading
 import time
 from collections import Counter
+from http.server import ThreadingHTTPServer
 
 import pytest
 from warcio.archiveiterator import ArchiveIterator
@@ -12,11 +15,13 @@ from flows.common import load_config
 from tasks.corpus.document import Document, write_documents
 from tasks.corpus.extract import Extract, warc_records
 from tasks.corpus.shards import shard_pages
-from tasks.corpus.fetch import fetch_pages, fetch_task
+from tasks.corpus.fetch import FetchFailed, fetch_pages, fetch_task
+from tests import webserver
 from tests.webserver import ARTICLE, TestWeb
 
 FETCH = {**load_config()["corpus"]["fetch"], "retries": 2, "backoff_s": 0.01, "read_timeout_s": 0.5,
-         "connect_timeout_s": 1, "total_timeout_s": 5, "max_bytes": 100_000, "allow_addresses": ["127.0.0.1/32"]}
+         "connect_timeout_s": 1, "total_timeout_s": 5, "max_bytes": 100_000, "allow_addresses": ["127.0.0.1/32"],
+         "slow_after_s": 1}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,7 @@ def web():
     ("/ratelimited", "ok"),
     ("/stall", "timeout"),
     ("/loop", "redirect_loop"),
+    ("/binary", "binary"),
 ])
 def test_each_outcome_is_recorded(web, path, outcome):
     stats = Counter()
@@ -88,8 +94,7 @@ def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
     stats = Counter()
     texts = {d.url: d.text for d in Extract("trafilatura")(shard_pages(shard, stats), stats)}
     assert texts[web.url("/latin1")] == texts[web.url("/mislabelled")] == "Café crème à la française, déjà vu."
-    assert web.url("/binary") not in texts or "Café" not in texts[web.url("/binary")]
-    assert stats["extract/in"] == 3  # the binary page is counted, whatever became of it
+    assert web.url("/binary") not in texts and stats["extract/in"] == 2  # the binary page never reached extraction
 
 
 KILLABLE = """
@@ -120,3 +125,29 @@ def test_killed_fetch_resumes_without_duplicates_or_gaps(web, tmp_path):
     assert sorted(stored) == sorted(urls)  # every page once: no duplicates, no gaps
     assert result["stats"] == {"fetch/ok": 60}
     assert sum(web.hits[f"/slow/{i}"] for i in range(60)) <= 60 + 4  # only the 4 in flight are fetched again
+
+
+def test_a_trickling_page_is_given_up_as_slow_long_before_the_total_timeout(web):
+    stats = Counter()
+    started = time.monotonic()
+    [got] = fetch_pages([web.url("/trickle")], {**FETCH, "total_timeout_s": 60}, stats)
+    assert got.outcome == "slow" and stats["fetch/slow"] == 1
+    assert time.monotonic() - started < 5  # slow_after_s=1 at 1 kB/s, not the 60 s total timeout
+
+
+def test_a_shard_whose_pages_fail_on_the_network_fails_and_retries_them_next_time(web, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on: every connection is refused
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    urls = [f"http://127.0.0.1:{dead}/slow/p{i}" for i in range(4)] + [web.url("/ok?net")]
+    write_documents(tmp_path / "urls.jsonl.zst", [Document(id=str(i), url=u) for i, u in enumerate(urls)])
+    with pytest.raises(FetchFailed, match=r"4 of 5 pages failed on the network \(error_ConnectError 4\)"):
+        fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
+    back = ThreadingHTTPServer(("127.0.0.1", dead), webserver.TestWebHandler)  # the network is back
+    threading.Thread(target=back.serve_forever, daemon=True).start()
+    try:
+        result = fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
+    finally:
+        back.shutdown()
+    assert result["stats"]["fetch/ok"] == 5  # the failed pages were fetched again...
+    assert web.hits["/ok?net"] == 1  # ...and the one already fetched was not

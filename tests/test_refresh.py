@@ -2,12 +2,14 @@
 import json
 from pathlib import Path
 
+import pytest
 import zstandard
 
 from flows.common import load_config
 from flows.refresh import refresh_flow
 from model.data import TokenShards
 from sample.build import DUMP
+from tasks.corpus.fetch import FetchFailed
 
 
 def write_month(folder: Path, name: str, lines: list[str]) -> None:
@@ -43,3 +45,15 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
 
     third = refresh_flow(cfg)
     assert third == {"new_dumps": [], "version": 2}  # nothing new: no work
+
+
+def test_a_month_whose_fetch_failed_is_not_marked_done_and_is_retried(tmp_path):
+    lines = zstandard.ZstdDecompressor().decompress(DUMP.read_bytes(), max_output_size=10**8).decode().splitlines()
+    write_month(tmp_path / "dumps", "RS_2019-01.zst", lines[:20])
+    offline = load_config([f"paths.data={tmp_path}", "logger=none", "corpus.serve_sample_web=false",
+                           "corpus.fetch.retries=0"])  # no sample web: every host fails to resolve, as with DNS down
+    with pytest.raises(FetchFailed, match="failed on the network"):
+        refresh_flow(offline)
+    assert not (tmp_path / "corpus" / "demo" / "refresh.json").exists()  # the month is not marked done
+    online = refresh_flow(load_config([f"paths.data={tmp_path}", "logger=none"]))
+    assert online["new_dumps"] == ["RS_2019-01.zst"] and online["stats"]["fetch/ok"] > 0

@@ -57,6 +57,18 @@ class TestWebHandler(BaseHTTPRequestHandler):
         elif route == "/mislabelled":  # says UTF-8, is windows-1252, and its meta tag knows it
             body = '<meta charset="windows-1252">' + LATIN1_ARTICLE
             self.reply(200, body.encode("cp1252"), "text/html; charset=utf-8")
+        elif route == "/trickle":  # bytes keep coming, so no read timeout fires: 100 B every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"<p>" + b"x" * 97)
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up, as intended
+                pass
         elif route.startswith("/slow/"):
             time.sleep(0.05)
             self.reply(200, ARTICLE.replace("Hello", route).encode())

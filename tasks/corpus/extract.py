@@ -186,5 +186,8 @@ class Extract(Step):
         self.method = checked_method(method)  # at the door: per page it would only count errors
 
     def reject(self, doc: Document) -> str | None:
+        if "\x00" in doc.html[:1024]:  # a binary body served as HTML (a WARC from elsewhere): not text
+            doc.html = ""
+            return "binary"
         doc.text, doc.html = extract(doc.html, doc.url, self.method), ""
         return None if doc.text else "empty"

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 # The body is stored decoded, so headers that describe the wire encoding would mislead a reader.
 WIRE_HEADERS = {"content-encoding", "transfer-encoding", "content-length"}
+# Outcomes that say the network (not the page) failed: retried by the next attempt, and the share of
+# them decides whether a fetch stage failed as a whole.
+NETWORK_FAILURES = ("timeout", "error_")
+BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04", b"\x1f\x8b", b"\x00\x00\x01\x00")
+
+
+class FetchFailed(Exception):
+    """A fetch stage whose pages mostly failed on the network: it ends Failed and is not cached."""
+
+
+def is_binary(body: bytes) -> bool:
+    """A body served as HTML that is not text: a known file signature, or NUL bytes early on."""
+    return body.startswith(BINARY_MAGIC) or b"\x00" in body[:1024]
 
 
 @dataclass
@@ -96,13 +109,17 @@ async def fetch_page(client: httpx.AsyncClient, url: str, cfg: dict[str, Any]) -
                 if not resp.headers.get("content-type", "").lower().startswith(HTML_TYPES):
                     got.outcome = "not_html"
                     return got
-                body = bytearray()
+                body, started = bytearray(), asyncio.get_running_loop().time()
                 async for chunk in resp.aiter_bytes():  # decoded, so a gzip bomb trips the cap too
                     body += chunk
                     if len(body) > cfg["max_bytes"]:
                         got.outcome = "too_big"
                         return got
+                    if too_slow(len(body), asyncio.get_running_loop().time() - started, cfg):
+                        got.outcome = "slow"  # a trickle: it would hold its host's slot until the total timeout
+                        return got
                 got.body = bytes(body)
+                got.outcome = "binary" if is_binary(got.body) else "ok"
                 return got
     except (TimeoutError, httpx.TimeoutException):
         return Fetched(url, "timeout")
@@ -112,6 +129,11 @@ async def fetch_page(client: httpx.AsyncClient, url: str, cfg: dict[str, Any]) -
         return Fetched(url, "blocked_address")
     except (httpx.HTTPError, OSError, ValueError) as err:
         return Fetched(url, f"error_{type(err).__name__}")
+
+
+def too_slow(received: int, elapsed: float, cfg: dict[str, Any]) -> bool:
+    """After `slow_after_s`, a page arriving below `min_bytes_per_s` is given up."""
+    return elapsed > cfg["slow_after_s"] and received < cfg["min_bytes_per_s"] * elapsed
 
 
 async def fetch_all(urls: list[str], cfg: dict[str, Any]):
@@ -161,7 +183,8 @@ class PageStore:
                     entry = json.loads(line)
                 except json.JSONDecodeError:  # the last line of a killed run
                     continue
-                done[entry["url"]] = entry
+                if not entry["outcome"].startswith(NETWORK_FAILURES):  # those get another try
+                    done[entry["url"]] = entry
         return done
 
     def add(self, got: Fetched) -> None:
@@ -217,6 +240,20 @@ def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None 
         fetch_into(store, [doc.url for doc in read_documents(Path(urls_path))], cfg)
     finally:
         store.close()
-    return {"path": str(store.warc_path), "stats": dict(store.outcome_counts())}
+    stats = store.outcome_counts()
+    check_failures(stats, cfg["max_network_failure_share"], urls_path)
+    return {"path": str(store.warc_path), "stats": dict(stats)}
+
+
+def check_failures(stats: Counter, max_share: float, where: str) -> None:
+    """FetchFailed when more than `max_share` of the pages failed on the network, or none came back."""
+    total = sum(stats.values())
+    failed = Counter({k.removeprefix("fetch/"): v for k, v in stats.items()
+                      if k.removeprefix("fetch/").startswith(NETWORK_FAILURES)})
+    if total and (sum(failed.values()) > max_share * total or not stats["fetch/ok"] and failed):
+        top = ", ".join(f"{reason} {n}" for reason, n in failed.most_common(3))
+        raise FetchFailed(f"fetch of {where}: {sum(failed.values())} of {total} pages failed on the network ({top}), "
+                          f"over corpus.fetch.max_network_failure_share={max_share}: is the network up? Nothing is "
+                          "cached; a rerun retries those pages")
 
 
