@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from flows.schema import check
 from tasks import storage
-from tasks.errors import UserError
+from tasks.errors import MissingInput, UserError
 
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
@@ -137,9 +138,41 @@ def run_dir(cfg: dict[str, Any]) -> Path:
 
 
 def checkpoint_path(cfg: dict[str, Any]) -> str:
-    """The checkpoint to evaluate or sample: `checkpoint`, else the last one of `run_name`."""
+    """The checkpoint to evaluate or sample: `checkpoint`, else the last one of `run_name`, checked to
+    be a checkpoint before anything in it is unpickled."""
     path = cfg.get("checkpoint") or str(run_dir(cfg) / "last.ckpt")
     if not Path(path).exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: train one with `make train` (run_name={cfg['run_name']}) "
-                                "or pass checkpoint=PATH (a .ckpt, a DeepSpeed folder or a transformers GPT-2 folder)")
+        raise MissingInput(f"no checkpoint at {path}: train one with `make train` (run_name={cfg['run_name']}) "
+                           "or pass checkpoint=PATH (a .ckpt, a DeepSpeed folder or a transformers GPT-2 folder)")
+    checkpoint_kind(Path(path))
     return path
+
+
+def checkpoint_kind(path: Path) -> str:
+    """`transformers`, `deepspeed` or `lightning`: what `path` holds, told from its layout and, for a
+    file, the torch zip format; anything else is a UserError."""
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return "transformers"
+        if (path / "latest").exists() or any(path.glob("checkpoint/*model_states.pt")):
+            return "deepspeed"
+        raise UserError(f"{path} is a folder but neither a transformers GPT-2 folder (config.json) nor a "
+                        "DeepSpeed checkpoint (latest, checkpoint/*model_states.pt)")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "lightning"
+    raise UserError(f"{path} is not a checkpoint: expected a .ckpt written by training (a torch zip file), a "
+                    "DeepSpeed folder or a transformers GPT-2 folder")
+
+
+def check_benchmarks(benchmarks_dir: str | None, benchmarks: dict[str, str], key: str) -> None:
+    """MissingInput when benchmarks were asked for (`key` is set) and their folder, or every file of
+    them, is not there; a folder holding only some of them is fine (the others are skipped)."""
+    if not benchmarks_dir:
+        return
+    if not Path(benchmarks_dir).is_dir():
+        raise MissingInput(f"{key}={benchmarks_dir} does not exist")
+    if not any((Path(benchmarks_dir) / relative).exists() for relative in benchmarks.values()):
+        raise MissingInput(f"{key}={benchmarks_dir} holds none of the benchmark files "
+                           f"({', '.join(benchmarks.values())})")

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import cached, command, load_config, task_runner, token_dir, wait_with_progress
+from flows.common import cached, check_benchmarks, command, load_config, task_runner, token_dir, wait_with_progress
 from model.bpe import EOT
 from sample.web import serve_sample_web
 from tasks.caching import code_version
@@ -139,6 +139,9 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     for warc in c["warc_files"] if c["source"] == "warc" else []:
         if not storage.exists(warc):
             raise MissingInput(f"WARC file {warc} does not exist: check corpus.warc_files")
+    for i, step in enumerate(c["pipeline"]):
+        if step.get("enabled", True) and "benchmarks_dir" in step:
+            check_benchmarks(step["benchmarks_dir"], step["benchmarks"], f"corpus.pipeline.{i}.benchmarks_dir")
     return cfg
 
 

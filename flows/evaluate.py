@@ -6,15 +6,22 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, checkpoint_path, command, load_config, token_dir
+from flows.common import cached, check_benchmarks, checkpoint_path, command, load_config, token_dir
 from model.benchmarks import results_table
 from tasks.lm.evaluate import evaluate_task
+
+
+def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` when its checkpoint and asked-for benchmarks are there, else a UserError in one line."""
+    checkpoint_path(cfg)
+    check_benchmarks(cfg["eval"]["benchmarks_dir"], cfg["eval"]["benchmarks"], "eval.benchmarks_dir")
+    return cfg
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
-    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+    cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
     result = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"])
     table = evaluation_markdown(result, cfg["model"]["name"])
     create_markdown_artifact(table, key="evaluation", description="Zero-shot evaluation")
@@ -47,7 +54,7 @@ def log_evaluation(result: dict[str, Any], table: str, cfg: dict[str, Any]) -> N
         run.summary["evaluation_table"] = table
 
 
-main = command(evaluate_flow)
+main = command(lambda cfg: evaluate_flow(check_inputs(cfg)))  # inputs checked before the flow starts
 
 
 if __name__ == "__main__":

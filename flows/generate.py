@@ -16,7 +16,12 @@ def generate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None
     return generate_task(checkpoint_path(cfg), cfg)
 
 
-main = command(generate_flow)
+def run(cfg: dict[str, Any]) -> None:
+    checkpoint_path(cfg)  # checked before the flow starts: a mistake is one line
+    generate_flow(cfg)
+
+
+main = command(run)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import command, load_config
+from flows.common import check_benchmarks, command, load_config
 from flows.corpus import check_inputs, corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -34,6 +34,7 @@ def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None
 
 
 def run(cfg: dict[str, Any]) -> None:
+    check_benchmarks(cfg["eval"]["benchmarks_dir"], cfg["eval"]["benchmarks"], "eval.benchmarks_dir")
     result = pipeline_flow(check_inputs(cfg))  # the corpus's inputs checked before the flow starts
     print(summary(result["corpus"], cfg["corpus"]["pipeline"], result["eval"], result["samples"]))
 

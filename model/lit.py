@@ -132,6 +132,7 @@ def load_gpt(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> GP
     if (Path(checkpoint) / "config.json").exists():
         model = GPT.from_hf(checkpoint)
     else:
-        model = GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location="cpu").model
+        model = GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location="cpu",
+                                                  weights_only=True).model  # a crafted file cannot run code
     target = inference_device(device)
     return model.to(target, inference_dtype(dtype, target)).eval()

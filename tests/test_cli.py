@@ -20,6 +20,8 @@ CONF = REPO / "conf"
     ("flows.train", ["trainer=gpux"], "Could not find 'trainer/gpux'"),
     ("flows.corpus", ["corpus=pushshift", "corpus.dumps=[/nonexistent/RS_x.zst]"], "dump /nonexistent/RS_x.zst does not exist"),
     ("flows.corpus", ["corpus.source=warc"], "corpus.source=warc needs corpus.warc_files"),
+    ("flows.generate", [f"checkpoint={REPO / 'README.md'}"], "is not a checkpoint"),
+    ("flows.evaluate", [], "no checkpoint at"),
 ])
 def test_a_mistake_is_one_line_and_exit_code_2(module, args, says, tmp_path):
     result = subprocess.run([sys.executable, "-m", module, f"paths.data={tmp_path}", "logger=none", *args],
@@ -45,3 +47,47 @@ def test_the_schema_names_every_wrong_key_with_its_value_and_what_is_allowed():
     for part in ("top_p=0: Input should be greater than 0", "repetition_penalty=0:", "model: n_embd=128 must be a multiple of n_head=5",
                  "corpus.dedup.threshold=1.5", "corpus.pipeline.0._target_=os.system", "trainer.typo: unknown key"):
         assert part in message, message
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d / "random.bin", "is not a checkpoint"),
+    (lambda d: REPO / "README.md", "is not a checkpoint"),
+    (lambda d: d, "neither a transformers GPT-2 folder"),
+    (lambda d: d / "absent.ckpt", "no checkpoint at"),
+])
+def test_something_that_is_not_a_checkpoint_is_refused_before_unpickling(tmp_path, make, says):
+    from flows.common import checkpoint_path
+    from tasks.errors import UserError
+
+    (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match=says):
+        checkpoint_path({"checkpoint": str(make(tmp_path)), "run_name": "x", "paths": {"data": str(tmp_path)}})
+
+
+def test_benchmarks_asked_for_and_not_there_are_an_error(tmp_path):
+    from flows.common import check_benchmarks
+    from tasks.errors import MissingInput
+
+    files = {"wikitext2": "wikitext-2-raw/wiki.test.raw", "ptb": "ptb/ptb.test.txt"}
+    with pytest.raises(MissingInput, match="eval.benchmarks_dir=/nonexistent does not exist"):
+        check_benchmarks("/nonexistent", files, "eval.benchmarks_dir")
+    with pytest.raises(MissingInput, match="holds none of the benchmark files"):
+        check_benchmarks(str(tmp_path), files, "eval.benchmarks_dir")
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_text("a b c")
+    check_benchmarks(str(tmp_path), files, "eval.benchmarks_dir")  # some of them: the others are skipped
+    check_benchmarks(None, files, "eval.benchmarks_dir")  # none asked for
+
+
+def test_a_checkpoint_written_by_training_passes_and_loads_with_weights_only(tmp_path):
+    import torch
+
+    from flows.common import checkpoint_kind
+    from model.lit import GPTLightning, load_gpt
+
+    cfg = load_config(["logger=none"])
+    module = GPTLightning(cfg["model"], cfg["optim"], 10, False, False)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.6"}, tmp_path / "last.ckpt")
+    assert checkpoint_kind(tmp_path / "last.ckpt") == "lightning"
+    assert load_gpt(str(tmp_path / "last.ckpt")).num_params() == module.model.num_params()
