@@ -45,8 +45,8 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
 def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFuture]) -> list[dict[str, Any]]:
     """The per-document steps, one task per shard, each after its shard's fetch when there is one."""
     c = cfg["corpus"]
-    futures = [cached(shard_task, cfg).submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"], c["dedup"],
-                                              cfg["refresh"], wait_for=wait_for[i:i + 1])
+    futures = [cached(shard_task, cfg).submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"],
+                                              c["dedup"], c["max_error_share"], cfg["refresh"], wait_for=wait_for[i:i + 1])
                for i, shard in enumerate(plan)]
     return wait_with_progress(futures, "shards", upstream=wait_for)
 

@@ -178,6 +178,7 @@ class Corpus(Strict):
     shard_docs: Positive
     shard_bytes: Positive
     serve_sample_web: bool
+    max_error_share: Fraction
     urls: Urls
     fetch: Fetch
     pipeline: list[Step]

@@ -27,7 +27,7 @@ from tasks.corpus.extract import warc_records
 from tasks import storage
 from tasks.corpus.neardup import (Source, band_candidates, band_hashes, band_table, confirm, keep_positions,
                                 shard_bounds, shard_pairs)
-from tasks.corpus.step import Step, build_steps, run_steps
+from tasks.corpus.step import Step, build_steps, check_errors, run_steps
 from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,17 @@ def once(marker: str, inputs: dict[str, Any], files: tuple[str, ...], force: boo
     return result
 
 
-def process_shard(shard: dict[str, Any], out_dir: str, steps: list[Step], dedup: dict[str, Any]) -> dict[str, Any]:
+def process_shard(shard: dict[str, Any], out_dir: str, steps: list[Step], dedup: dict[str, Any],
+                  max_error_share: float) -> dict[str, Any]:
     """Run the steps over one shard's pages; write the kept documents and their LSH band keys."""
     with storage.staged_folder(out_dir) as local:
-        n, stats = write_shard(shard, local, steps, dedup)
+        n, stats = write_shard(shard, local, steps, dedup, max_error_share)
     return {"source": Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n).__dict__,
             "stats": dict(stats)}
 
 
-def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any]) -> tuple[int, Counter]:
+def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any],
+                max_error_share: float) -> tuple[int, Counter]:
     """`process_shard`'s work in a local folder: docs.jsonl.zst and bands.npy; returns (documents, counters)."""
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
@@ -130,6 +132,7 @@ def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: 
         order = {d.url: i for i, d in enumerate(read_documents(shard["urls"]))}
         docs = iter(sorted(docs, key=lambda d: order[d.url]))
     n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
+    check_errors(stats, steps, max_error_share, f"shard {shard['id']}")  # before the done marker
     np.save(out_dir / "bands.npy", band_table(np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"])))
     return n, stats
 
@@ -187,10 +190,11 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 @task(name="shard", cache_policy=FilesAndCode(files=("shard",), exclude=("force",)))
 def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
-               force: bool = False) -> dict[str, Any]:
-    """The per-document steps over one shard, reusing its done marker unless `force`."""
+               max_error_share: float, force: bool = False) -> dict[str, Any]:
+    """The per-document steps over one shard, reusing its done marker unless `force`; StepFailed
+    (and no marker) when a step raised on more than `max_error_share` of its documents."""
     return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
-                force, lambda: process_shard(shard, out_dir, build_steps(pipeline), dedup))
+                force, lambda: process_shard(shard, out_dir, build_steps(pipeline), dedup, max_error_share))
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))

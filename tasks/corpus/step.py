@@ -53,6 +53,22 @@ class Step:
                 stats[f"{self.name}/{reason}"] += 1
 
 
+class StepFailed(Exception):
+    """A step that raised on most of its documents: a bug or a broken dependency, not bad pages."""
+
+
+def check_errors(stats: Counter, steps: list[Step], max_share: float, where: str, min_docs: int = 20) -> None:
+    """StepFailed when a step raised on more than `max_share` of its documents (from `min_docs` on:
+    a few broken pages in a small shard are still just bad input)."""
+    for step in steps:
+        seen = stats[f"{step.name}/in"]
+        errors = Counter({k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith(f"{step.name}/error_")})
+        if seen >= min_docs and sum(errors.values()) > max_share * seen:
+            top = ", ".join(f"{reason} {n}" for reason, n in errors.most_common(3))
+            raise StepFailed(f"{where}: step {step.name} raised on {sum(errors.values())} of {seen} documents ({top}), "
+                             f"over corpus.max_error_share={max_share}: see the log's warnings for the first errors")
+
+
 def build_steps(pipeline: list[dict[str, Any]]) -> list[Step]:
     """The enabled steps of a `corpus.pipeline` list, in order (a disabled one is not even imported)."""
     steps = [instantiate(entry) for entry in pipeline if entry.get("enabled", True)]
