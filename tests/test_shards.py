@@ -156,7 +156,17 @@ def test_a_damaged_warc_keeps_the_pages_before_the_damage_and_says_so(tmp_path):
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
     result = shard_task.fn(shard, str(tmp_path / "out"), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"])
     assert result["stats"]["warc/damaged_file"] == 1 and 2 <= result["stats"]["extract/in"] < 6
-    # (a gzip member cut mid-way is not noticed by warcio: that silent case belongs with issue 14)
+
+
+def test_a_record_cut_off_mid_way_is_dropped_and_counted_not_kept_half(tmp_path):
+    cfg = load_config(["logger=none"])["corpus"]
+    write_warc(tmp_path / "a.warc.gz", 6)
+    offsets = [offset for offset, _, _ in warc_records(tmp_path / "a.warc.gz")]
+    data = (tmp_path / "a.warc.gz").read_bytes()
+    (tmp_path / "a.warc.gz").write_bytes(data[:(offsets[5] + len(data)) // 2])  # the last record, half of it
+    shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
+    result = shard_task.fn(shard, str(tmp_path / "out"), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"])
+    assert result["stats"]["warc/damaged_file"] == 1 and result["stats"]["extract/in"] == 5
 
 
 class Broken(Step):

@@ -172,6 +172,8 @@ def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> It
                 return
             if record.rec_type != "response":
                 continue
+            if getattr(record.raw_stream, "limit", 0):  # fewer bytes than its Content-Length: cut off
+                raise EOFError(f"the record at byte {offset} is cut off")
             content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
             yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
 
