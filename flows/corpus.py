@@ -22,7 +22,7 @@ from tasks.corpus.dumpfile import dump_format
 from tasks.corpus.fetch import fetch_task
 from tasks.corpus.neardup import Source, dropped, offsets
 from tasks import storage
-from tasks.corpus.report import funnel_markdown, log_to_wandb, merge_stats, write_report
+from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
 from tasks.corpus.urls import urls_task
 from tasks.errors import MissingInput, UserError
@@ -162,6 +162,9 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     markdown = funnel_markdown(stats, pipeline, sizes)
     create_markdown_artifact(markdown, key="corpus-funnel", description="Corpus funnel")
     print(markdown)
+    if not stats.get("tokenize/kept") and not cfg["corpus"]["dedup"]["against"]:  # a refresh may add nothing new
+        raise UserError("the corpus is empty, no document came through: "
+                        + " -> ".join(f"{label} {n}" for label, n in funnel(stats, pipeline)) + f" (see {out_dir})")
     return {**result, "report": report}
 
 

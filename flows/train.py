@@ -1,6 +1,7 @@
 """Training flow: fit GPT-2 on the corpus token shards (building the demo corpus first if it is missing)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,34 @@ def corpus_dir(cfg: dict[str, Any]) -> str:
     return tokens if Path(tokens, "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
 
 
+def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` when the trainer can run here and the corpus (when built) holds a block to train on,
+    else a UserError in one line."""
+    import torch
+
+    if cfg["trainer"]["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={cfg['trainer']['accelerator']} needs a CUDA GPU and this machine "
+                        "has none: use trainer=cpu")
+    manifest = Path(token_dir(cfg), "manifest.json")
+    if storage.is_local(token_dir(cfg)) and manifest.exists():
+        tokens = sum(s["tokens"] for s in json.loads(manifest.read_text())["splits"]["train"])
+        if tokens <= cfg["model"]["block_size"]:
+            raise UserError(f"the corpus at {manifest.parent} has {tokens:,} train tokens, not one block of "
+                            f"model.block_size={cfg['model']['block_size']} + 1: build a bigger corpus")
+    return cfg
+
+
 @flow(name="train", log_prints=True)
 def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
-    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+    cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
     result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)))
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
     return result
 
 
-main = command(train_flow)
+main = command(lambda cfg: train_flow(check_inputs(cfg)))  # checked before the flow starts
 
 
 if __name__ == "__main__":

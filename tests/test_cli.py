@@ -22,8 +22,11 @@ CONF = REPO / "conf"
     ("flows.corpus", ["corpus.source=warc"], "corpus.source=warc needs corpus.warc_files"),
     ("flows.generate", [f"checkpoint={REPO / 'README.md'}"], "is not a checkpoint"),
     ("flows.evaluate", [], "no checkpoint at"),
+    ("flows.train", ["trainer=gpu"], "needs a CUDA GPU and this machine has none"),
 ])
 def test_a_mistake_is_one_line_and_exit_code_2(module, args, says, tmp_path):
+    if "trainer=gpu" in args and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: trainer=gpu is no mistake here")
     result = subprocess.run([sys.executable, "-m", module, f"paths.data={tmp_path}", "logger=none", *args],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -91,3 +94,28 @@ def test_a_checkpoint_written_by_training_passes_and_loads_with_weights_only(tmp
                 "pytorch-lightning_version": "2.6.6"}, tmp_path / "last.ckpt")
     assert checkpoint_kind(tmp_path / "last.ckpt") == "lightning"
     assert load_gpt(str(tmp_path / "last.ckpt")).num_params() == module.model.num_params()
+
+
+def test_a_corpus_that_keeps_nothing_fails_with_its_funnel(tmp_path):
+    dump = tmp_path / "RS_low.ndjson"  # every submission scored below corpus.urls.min_score
+    dump.write_text('{"id": "a", "url": "https://example.com/a", "score": 0, "over_18": false, "is_self": false}\n')
+    result = subprocess.run([sys.executable, "-m", "flows.corpus", f"paths.data={tmp_path}", "logger=none",
+                             "corpus=pushshift", f"corpus.dumps=[{dump}]"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the corpus is empty") and "records read 1 -> URLs kept 0" in last, result.stderr[-2000:]
+
+
+def test_training_on_a_corpus_smaller_than_one_block_is_refused(tmp_path):
+    import json
+
+    from flows.train import check_inputs
+    from tasks.errors import UserError
+
+    cfg = load_config([f"paths.data={tmp_path}", "logger=none"])
+    tokens = tmp_path / "corpus" / "demo" / "tokens"
+    tokens.mkdir(parents=True)
+    (tokens / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "t.bin", "tokens": 100}], "val": []}}))
+    with pytest.raises(UserError, match="has 100 train tokens, not one block of model.block_size=128"):
+        check_inputs(cfg)
