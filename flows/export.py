@@ -1,20 +1,31 @@
-"""Export a checkpoint (Lightning file or DeepSpeed ZeRO folder) as a transformers GPT-2 folder."""
+"""Export flow: a checkpoint (Lightning file or DeepSpeed ZeRO folder) as a Hugging Face folder that
+`transformers.pipeline("text-generation", model=folder)` loads: weights, tokenizer, model card."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from prefect import flow
 
-from flows.common import checkpoint_path, command
-from model.lit import load_gpt
-
-
-def export(cfg: dict[str, Any]) -> str:
-    """Write `checkpoint` (default: the last of `run_name`) to `export_dir` in HF format; returns the folder."""
-    load_gpt(checkpoint_path(cfg)).to_hf(cfg["export_dir"])
-    return cfg["export_dir"]
+from flows.common import checkpoint_path, command, load_config, token_dir
+from tasks.lm.export import export_hf
 
 
-main = command(lambda cfg: print(f"wrote {export(cfg)}"))
+@flow(name="export", log_prints=True)
+def export_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> str:
+    """Write `checkpoint` (default: the last of `run_name`) to `export_dir`; returns the folder."""
+    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+    out = export_hf(checkpoint_path(cfg), cfg["export_dir"], str(Path(token_dir(cfg), "manifest.json")))
+    print(f"wrote {out}")
+    return out
+
+
+def run(cfg: dict[str, Any]) -> None:
+    checkpoint_path(cfg)  # checked before the flow starts: a mistake is one line
+    export_flow(cfg)
+
+
+main = command(run)
 
 
 if __name__ == "__main__":

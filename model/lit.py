@@ -76,6 +76,8 @@ class GPTLightning(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        # the last logged values (train/loss, val/loss...), for the model card of an export
+        checkpoint["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("rng")

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
 from model.data import TokenDataModule, TokenShards
+from model.gpt import GPT
 from model.lit import GPTLightning
 
 
@@ -74,9 +75,11 @@ def make_trainer(cfg: dict[str, Any], ckpt_dir: Path, logger, callbacks: list[pl
                       logger=logger, callbacks=callbacks, enable_model_summary=False, profiler=tr["profiler"])
 
 
-def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Callback] = ()) -> dict[str, Any]:
+def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Callback] = (),
+        init_from: str | None = None) -> dict[str, Any]:
     """Train on `data_dir`'s shards, resuming from `ckpt_dir`/last.ckpt when it exists and
-    `trainer.resume` is on; returns the last checkpoint and the final metrics."""
+    `trainer.resume` is on, else starting from the weights of the transformers folder `init_from`
+    when given; returns the last checkpoint and the final metrics."""
     pl.seed_everything(cfg["seed"], workers=True)
     tr = cfg["trainer"]
     last = Path(ckpt_dir) / "last.ckpt"
@@ -85,9 +88,11 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     logger = make_logger(cfg)
     trainer = make_trainer(cfg, Path(ckpt_dir), logger, list(callbacks))
     resume = tr["resume"] and last.exists()
+    if init_from and not resume:  # a run's own checkpoint wins over its starting point
+        module.model.copy_weights_from(GPT.from_hf(init_from))
     print(f"train: {cfg['model']['name']} ({module.model.num_params() / 1e6:.1f}M parameters) on "
           f"{len(TokenShards(Path(data_dir), 'train')):,} tokens from {data_dir}, {tr['max_steps']} steps, "
-          f"{'resuming from ' + str(last) if resume else 'from scratch'}", flush=True)
+          f"{'resuming from ' + str(last) if resume else 'from ' + (init_from or 'scratch')}", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

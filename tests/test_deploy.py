@@ -71,7 +71,7 @@ def serve_and_deploy(url: str, env: dict, procs: list):
 def test_deployments_are_registered(server):
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_deployments()}
-    assert {"corpus-refresh", "corpus", "train", "evaluate", "pipeline"} <= names
+    assert {"corpus-refresh", "corpus", "train", "evaluate", "pipeline", "generate", "export"} <= names
 
 
 def test_deployments_resolve_their_folder_when_a_run_starts_and_train_goes_to_the_gpu_pool(server):

@@ -132,3 +132,62 @@ def test_progress_bar_counts_optimizer_steps_from_the_first_with_loss_and_speed(
     assert "train (first step" in err and "6/6" in err and "Epoch" not in err
     last = [line for line in err.replace("\r", "\n").splitlines() if "6/6" in line][-1]
     assert "loss=" in last and "tok/s=" in last and "step/s" in last
+
+
+def test_an_export_generates_with_transformers_pipeline_offline_with_gpt2_token_ids(shards, tmp_path):
+    from transformers import pipeline
+
+    from model.bpe import gpt2_encoding
+    from tasks.lm.export import export_hf
+
+    result = fit(train_cfg("trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"),
+                 shards, str(tmp_path / "ckpt"))
+    out = export_hf(result["checkpoint"], str(tmp_path / "hf"), None)
+    generator = pipeline("text-generation", model=out, device="cpu")
+    prompt = generator.tokenizer("The harbour council")["input_ids"]
+    [out_ids] = generator("The harbour council", max_new_tokens=5, min_new_tokens=5, do_sample=False, return_tensors=True)
+    assert out_ids["generated_token_ids"][:len(prompt)] == prompt and len(out_ids["generated_token_ids"]) == len(prompt) + 5
+    sample = "Café crème: naïve façades, 3.14 m², 'quotes' and  spaces\n\tand tabs."
+    assert generator.tokenizer(sample)["input_ids"] == gpt2_encoding().encode_ordinary(sample)
+    assert generator.tokenizer("a<|endoftext|>b")["input_ids"] == gpt2_encoding().encode("a<|endoftext|>b", allowed_special="all")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "| training steps | 3 |" in card and "gpt2-tiny" in card and "val loss / perplexity" in card
+
+
+class FirstBatch(pl.Callback):
+    """The first batch and the loss the run computed on it, before any update."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 1 and not hasattr(self, "loss"):
+            self.batch, self.loss = [t.clone() for t in batch], outputs["loss"].item()
+
+
+def test_fine_tuning_starts_from_a_saved_transformers_gpt2(shards, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=128, n_positions=32)).eval()  # gpt2-tiny's shape
+    with torch.no_grad():
+        hf.transformer.wte.weight.mul_(20)  # weights no fresh model has: a loss far from ln(50257)
+    hf.save_pretrained(tmp_path / "gpt2-small-test")
+    first = FirstBatch()
+    cfg = train_cfg("trainer.max_steps=2", "optim.warmup_steps=0")
+    fit(cfg, shards, str(tmp_path / "run"), [first], init_from=str(tmp_path / "gpt2-small-test"))
+    x, y = first.batch
+    with torch.no_grad():
+        theirs = torch.nn.functional.cross_entropy(hf(x).logits.reshape(-1, 50257), y.reshape(-1)).item()
+    assert abs(theirs - 10.82) > 1 and first.loss == pytest.approx(theirs, abs=1e-3)
+
+
+def test_init_from_must_match_the_model_it_names(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from flows.train import check_init_from
+    from tasks.errors import UserError
+
+    GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=4, n_embd=128, n_positions=128)).save_pretrained(tmp_path / "m")
+    model = load_config([])["model"]
+    with pytest.raises(UserError, match="another architecture \\(n_layer 3 there, 2 in model=gpt2-tiny\\)"):
+        check_init_from(tmp_path / "m", model)
+    with pytest.raises(UserError, match="is not a transformers GPT-2 folder"):
+        check_init_from(tmp_path / "absent", model)

@@ -9,7 +9,8 @@ from model.train import fit
 from tasks.caching import FilesAndCode
 
 
-@task(name="train", cache_policy=FilesAndCode(files=("data_dir",)))
-def train_task(cfg: dict[str, Any], data_dir: str, out: str) -> dict[str, Any]:
-    """Fit on the corpus in `data_dir`, writing checkpoints to `out`."""
-    return fit(cfg, data_dir, out)
+@task(name="train", cache_policy=FilesAndCode(files=("data_dir", "init_from")))
+def train_task(cfg: dict[str, Any], data_dir: str, out: str, init_from: str | None = None) -> dict[str, Any]:
+    """Fit on the corpus in `data_dir`, from the transformers folder `init_from` when given, writing
+    checkpoints to `out`."""
+    return fit(cfg, data_dir, out, init_from=init_from)
