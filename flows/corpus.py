@@ -89,15 +89,18 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
     return wait_with_progress(futures, "tokenize")
 
 
-def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> str:
-    """tokens/manifest.json: every token file by split, the kept documents, the funnel and the settings."""
+def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> bool:
+    """tokens/manifest.json: every token file by split, the kept documents, the funnel and the
+    settings; True when it differs from the one there before (False: a rerun found nothing new)."""
     path = storage.join(token_dir(cfg), "manifest.json")
+    before = storage.read_text(path) if storage.exists(path) else None
     manifest = {"splits": {split: [s for f in finished for s in f["splits"][split]] for split in ("train", "val")},
                 "kept": [f["kept"] for f in finished], "stats": stats, "config": cfg["corpus"],
                 "code_version": code_version(sys.modules[shards.__name__]), "tokenizer": "gpt2", "dtype": "uint16",
                 "eot": EOT}
-    storage.write_text(path, json.dumps(manifest, indent=2))
-    return path
+    text = json.dumps(manifest, indent=2)
+    storage.write_text(path, text)
+    return text != before
 
 
 @flow(name="build-corpus", log_prints=True)
@@ -117,8 +120,8 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     sources = earlier_sources(c["dedup"]["against"]) + [Source(**p["source"]) for p in processed]
     finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)
-    write_manifest(cfg, finished, stats)
-    return {"data_dir": token_dir(cfg), "stats": stats}
+    changed = write_manifest(cfg, finished, stats)
+    return {"data_dir": token_dir(cfg), "stats": stats, "changed": changed}
 
 
 def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +160,9 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     stats, sizes = result["stats"], storage.folder_sizes(out_dir)
     with storage.staged_folder(out_dir) as local:
         report = write_report(stats, sizes, local, pipeline)
-        report["wandb"] = log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}", pipeline)
+        report["wandb"] = (log_to_wandb(stats, report, cfg["logger"], f"corpus-{cfg['corpus']['name']}", pipeline,
+                                        result["data_dir"])
+                           if result["changed"] else None)  # a cached rerun logs no new W&B run
     report.update({k: storage.join(out_dir, Path(v).name) for k, v in report.items() if k != "wandb"})
     markdown = funnel_markdown(stats, pipeline, sizes)
     create_markdown_artifact(markdown, key="corpus-funnel", description="Corpus funnel")

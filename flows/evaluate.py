@@ -22,17 +22,19 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 def evaluate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
     cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
-    result = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"])
+    state = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"], return_state=True)
+    result = state.result()
     table = evaluation_markdown(result, cfg["model"]["name"])
     create_markdown_artifact(table, key="evaluation", description="Zero-shot evaluation")
-    log_evaluation(result, table, cfg)
+    if state.name != "Cached":  # a cached rerun measured nothing new: no new W&B run
+        log_evaluation(result, table, cfg)
     print(table)
     return result
 
 
 def evaluation_markdown(result: dict[str, Any], model_name: str) -> str:
     val = result["val"]
-    text = f"Val perplexity: {val['val/perplexity']:.2f} over {val['val/tokens']:,.0f} tokens\n\n"
+    text = f"Val perplexity: {val['eval/perplexity_strided']:.2f} over {val['eval/tokens']:,.0f} tokens\n\n"
     if result["benchmarks"]:
         text += results_table(result["benchmarks"], model_name) + "\n\n"
         text += "8-gram overlap with the training corpus: " + ", ".join(

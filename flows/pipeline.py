@@ -18,7 +18,7 @@ def summary(corpus: dict[str, Any], pipeline: list[dict[str, Any]], metrics: dic
     lines = ["", "=" * 72, "Corpus funnel:"]
     lines += [f"  {stage:<14} {count:>10,}" for stage, count in funnel(corpus["stats"], pipeline)]
     val = metrics["val"]
-    lines += [f"Val perplexity: {val['val/perplexity']:.2f} (over {val['val/tokens']:,.0f} tokens)",
+    lines += [f"Val perplexity: {val['eval/perplexity_strided']:.2f} (over {val['eval/tokens']:,.0f} tokens)",
               "Sample:", *texts, "=" * 72]
     return "\n".join(lines)
 

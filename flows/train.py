@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import cached, checkpoint_kind, command, load_config, run_dir, token_dir
 from flows.corpus import corpus_flow
@@ -63,7 +64,18 @@ def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = 
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
     result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
+    create_markdown_artifact(training_markdown(result, cfg), key="training", description="Training run")
     return result
+
+
+def training_markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """Where the run's checkpoint and W&B run are, and how it ended."""
+    metrics = result["metrics"]
+    rows = [("model", cfg["model"]["name"]), ("checkpoint", f"`{result['checkpoint']}`"),
+            ("W&B run", f"`{result['wandb_run']}` (files: `{result['wandb_dir']}`)" if result["wandb_run"] else "off"),
+            ("steps", str(result["global_step"])), ("seconds", f"{result['seconds']:,.0f}")]
+    rows += [(name, f"{value:.4g}") for name, value in sorted(metrics.items())]
+    return "| training run | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
 main = command(lambda cfg: train_flow(check_inputs(cfg)))  # checked before the flow starts

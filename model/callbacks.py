@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -52,6 +53,30 @@ class StepProgress(ProgressBar):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class ProgressLines(pl.Callback):
+    """A progress line every `log_every_n_steps` optimizer steps and at the last one, handed to `emit`
+    (the Prefect run's logger, so the UI shows how far training is): step, loss, tokens/s, ETA."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit = emit
+        self.start: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        step, now = trainer.global_step, time.perf_counter()
+        if self.start is None:
+            self.start = (now, step)
+            self.tokens_per_step = batch[0].numel() * trainer.accumulate_grad_batches * trainer.world_size
+        if step % trainer.log_every_n_steps and step != trainer.max_steps:
+            return
+        rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)
+        loss = trainer.callback_metrics.get("train/loss")
+        eta = f"{(trainer.max_steps - step) / rate:,.0f} s" if rate else "?"
+        self.emit(f"train step {step}/{trainer.max_steps}: loss {float(loss) if loss is not None else float('nan'):.3f}, "
+                  f"{rate * self.tokens_per_step:,.0f} tokens/s, ETA {eta}")
 
 
 class Throughput(pl.Callback):

@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
 from model.data import TokenDataModule, TokenShards
 from model.gpt import GPT
+from model.lineage import record_corpus
 from model.lit import GPTLightning
 
 
@@ -86,6 +87,8 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], tr["activation_checkpointing"], tr["compile"])
     data = TokenDataModule(data_dir, cfg["model"]["block_size"], tr["batch_size"], cfg["seed"], tr["num_workers"])
     logger = make_logger(cfg)
+    if logger:
+        record_corpus(logger.experiment, data_dir)
     trainer = make_trainer(cfg, Path(ckpt_dir), logger, list(callbacks))
     resume = tr["resume"] and last.exists()
     if init_from and not resume:  # a run's own checkpoint wins over its starting point
@@ -97,7 +100,8 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {"checkpoint": str(last), "metrics": metrics, "seconds": time.perf_counter() - start,
-              "global_step": trainer.global_step, "wandb_dir": logger.experiment.dir if logger else None}
+              "global_step": trainer.global_step, "wandb_dir": logger.experiment.dir if logger else None,
+              "wandb_run": logger.experiment.path if logger else None}
     if logger:
         logger.experiment.finish()
     return result

@@ -1,13 +1,17 @@
 """The flows under a real (temporary) Prefect server, the W&B offline run read back, and the demo end to end."""
 import json
+import logging
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter,
+                                            FlowRunFilterId, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId)
 
 from flows.common import checkpoint_path
 from flows.corpus import corpus_flow
@@ -20,13 +24,31 @@ from tasks.corpus.report import funnel
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wandb_history(run_dir: Path) -> list[dict]:
-    """The metrics rows of an offline W&B run, read back from its .wandb file by W&B's own reader."""
+@contextmanager
+def info_logs():
+    """Prefect's INFO lines sent to the API, as a deployment's run sends them (the suite runs at WARNING)."""
+    loggers = [logging.getLogger(name) for name in ("prefect", "prefect.task_runs", "prefect.flow_runs")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of an offline W&B run, read back from its .wandb file by W&B's own reader."""
     [log_file] = run_dir.glob("run-*.wandb")
     out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log_file)],
                          capture_output=True, text=True, check=True).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The metrics rows of an offline W&B run."""
+    return [r["history"]["item"] for r in wandb_records(run_dir) if r.get("type") == "history"]
 
 
 def task_states(flow_state) -> dict[str, str]:
@@ -91,7 +113,24 @@ def test_second_corpus_run_is_served_from_cache(demo):
 
 def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     cfg, _ = demo
-    result = train_flow(cfg)
+    with info_logs():
+        state = train_flow(cfg, return_state=True)
+    result, run_id = state.result(), state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:  # what the Prefect UI shows of the run
+        for _ in range(20):  # run logs reach the API in batches
+            logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+            if any(m.startswith("train step 40/40") for m in logs):
+                break
+            time.sleep(0.5)
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["training"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    steps = [m for m in logs if m.startswith("train step ")]
+    assert any(m.startswith("train step 10/40: loss ") and "tokens/s, ETA" in m for m in steps), logs[-20:]
+    assert steps[-1].startswith("train step 40/40")
+    assert result["wandb_run"] and result["wandb_run"] in artifact.data and result["checkpoint"] in artifact.data
+    configs = [json.dumps(r) for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") in ("run", "config")]
+    assert any("manifest_sha256" in c and '"demo"' in c for c in configs)  # the run names the corpus it read
     rows = wandb_history(Path(result["wandb_dir"]).parent)
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     perplexities = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
@@ -114,7 +153,10 @@ def test_a_missing_checkpoint_is_named_with_the_way_out(tmp_path):
 def test_evaluate_and_generate_read_the_checkpoint(demo):
     cfg, _ = demo
     metrics = evaluate_flow(cfg)["val"]
-    assert 1 < metrics["val/perplexity"] < 1000 and metrics["val/tokens"] > 1000
+    assert 1 < metrics["eval/perplexity_strided"] < 1000 and metrics["eval/tokens"] > 1000
+    runs = lambda: len(list(Path(cfg["logger"]["save_dir"]).glob("wandb/offline-run-*")))  # noqa: E731
+    before = runs()
+    assert evaluate_flow(cfg)["val"] == metrics and runs() == before  # a cached rerun: no new W&B run
     texts = generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 2})
     assert len(texts) == 2 and texts[0] != texts[1]
     assert all(t.startswith(cfg["prompt"]) and len(t) > len(cfg["prompt"]) for t in texts)
@@ -166,3 +208,14 @@ def test_demo_end_to_end(tmp_path):
     assert "Val perplexity:" in out
     assert "Recycling is good for the world. NO! YOU COULD NOT BE MORE WRONG!!" in out
     assert (tmp_path / "checkpoints" / "gpt2-tiny-demo" / "last.ckpt").exists()
+
+
+def test_the_corpus_run_logs_its_version_as_an_artifact_and_a_cached_rerun_logs_nothing(demo):
+    cfg, state = demo
+    run_dir = Path(state.result()["report"]["wandb"])
+    artifacts = [r["artifact"] for r in wandb_records(run_dir) if r.get("type") == "artifact"]
+    assert [a["type"] for a in artifacts if a["name"] == "corpus-demo"] == ["dataset"]  # beside the funnel table's
+    runs = lambda: sorted(Path(cfg["logger"]["save_dir"]).glob("wandb/offline-run-*"))  # noqa: E731
+    before = runs()
+    again = corpus_flow(cfg)
+    assert again["report"]["wandb"] is None and runs() == before

@@ -8,6 +8,8 @@ from typing import Any
 
 import matplotlib
 
+from model.lineage import corpus_artifact
+from tasks import storage
 from tasks.corpus.step import funnel_rows
 
 matplotlib.use("Agg")
@@ -69,8 +71,9 @@ def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path,
 
 
 def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str, Any], name: str,
-                 pipeline: list[dict[str, Any]]) -> str | None:
-    """Log the funnel as a W&B run (job type "corpus"): counters, a table and the chart. Returns its folder."""
+                 pipeline: list[dict[str, Any]], tokens_dir: str) -> str | None:
+    """Log the funnel as a W&B run (job type "corpus"): counters, a table, the chart, and the corpus
+    version as a `dataset` artifact (its manifest). Returns the run's folder."""
     if not logger["enabled"]:
         return None
     import wandb
@@ -82,6 +85,8 @@ def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str
         rows = [list(r) for r in funnel(stats, pipeline)]
         run.log({"corpus/funnel": wandb.Table(columns=["stage", "count"], data=rows),
                  "corpus/funnel_chart": wandb.Image(report["png"])})
+        if storage.is_local(tokens_dir):  # an artifact of files on local disk
+            run.log_artifact(corpus_artifact(tokens_dir))
         return str(Path(run.dir).parent)
 
 

@@ -22,7 +22,7 @@ def val_perplexity(model: torch.nn.Module, data_dir: str, cfg: dict[str, Any]) -
     """Perplexity on up to `cfg.max_tokens` tokens of the val split, per GPT-2 BPE token."""
     tokens = TokenShards(Path(data_dir), "val")[: cfg["max_tokens"]]
     ids = torch.from_numpy(tokens.astype("int64"))
-    return {"val/perplexity": perplexity(model, ids, cfg["context"], stride(cfg)), "val/tokens": float(ids.numel())}
+    return {"eval/perplexity_strided": perplexity(model, ids, cfg["context"], stride(cfg)), "eval/tokens": float(ids.numel())}
 
 
 def stride(cfg: dict[str, Any]) -> int:

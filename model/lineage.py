@@ -1,0 +1,43 @@
+"""W&B lineage: a corpus version as a dataset artifact (its manifest, with token and document counts),
+logged by the corpus flow's run and named by each training run that reads it."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+def corpus_artifact(tokens_dir: str) -> Any:
+    """The `dataset` artifact of the corpus whose token shards are in `tokens_dir`: the same name and
+    files every time it is built from the same manifest, so W&B resolves it to one version."""
+    import wandb
+
+    path = Path(tokens_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    artifact = wandb.Artifact(f"corpus-{manifest['config']['name']}", type="dataset",
+                              metadata=corpus_facts(path, manifest))
+    artifact.add_file(str(path))
+    return artifact
+
+
+def corpus_facts(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a run records of the corpus it used: name, version, tokens, documents, manifest digest."""
+    return {"name": manifest["config"]["name"], "version": manifest.get("version", 1),
+            "train_tokens": sum(s["tokens"] for s in manifest["splits"]["train"]),
+            "val_tokens": sum(s["tokens"] for s in manifest["splits"]["val"]),
+            "documents": sum(k["n"] for k in manifest.get("kept", [])),
+            "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def record_corpus(run: Any, tokens_dir: str) -> None:
+    """Name the corpus a training run reads in its config; online, also mark the corpus artifact as
+    the run's input, which draws dump -> corpus -> model in W&B's lineage graph (W&B refuses
+    `use_artifact` in offline runs, so there the config is the link)."""
+    path = Path(tokens_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if "config" not in manifest:  # token shards made by hand (tests): nothing to name
+        return
+    run.config.update({"corpus": corpus_facts(path, manifest)}, allow_val_change=True)
+    if not run.offline and not run.disabled:
+        run.use_artifact(corpus_artifact(tokens_dir))
