@@ -63,6 +63,12 @@ def one_line(err: Exception) -> str:
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
+def flow_config(cfg: dict[str, Any] | None, overrides: list[str] | None, settings: Any = None) -> dict[str, Any]:
+    """A flow's config: `cfg` when a Python caller passes one, else conf/ with the run form's
+    `settings` (a `flows.forms` form) and then the advanced `overrides` applied."""
+    return cfg or load_config((settings.to_overrides() if settings else []) + list(overrides or []))
+
+
 def load_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:
     """Compose the Hydra config outside a Hydra app (tests, notebooks)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -13,7 +13,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import cached, check_benchmarks, command, load_config, task_runner, token_dir, wait_with_progress
+from flows.common import cached, check_benchmarks, command, flow_config, task_runner, token_dir, wait_with_progress
+from flows.forms import CorpusForm
 from model.bpe import EOT
 from sample.web import serve_sample_web
 from tasks.caching import code_version
@@ -149,12 +150,18 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="corpus", log_prints=True)
-def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                settings: CorpusForm | None = None) -> dict[str, Any]:
     """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
 
     The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers).
+
+    Args:
+        cfg: a whole composed config, for Python callers; the other two are ignored then.
+        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
+        settings: the settings most often changed; an empty field keeps conf/'s value.
     """
-    cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
+    cfg = check_inputs(flow_config(cfg, overrides, settings))  # a deployment run passes a form and overrides
     result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]
     stats, sizes = result["stats"], storage.folder_sizes(out_dir)

@@ -5,7 +5,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import check_benchmarks, command, load_config
+from flows.common import check_benchmarks, command, flow_config
+from flows.forms import PipelineForm
 from flows.corpus import check_inputs, corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -24,9 +25,16 @@ def summary(corpus: dict[str, Any], pipeline: list[dict[str, Any]], metrics: dic
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Build the corpus, train on it, evaluate the checkpoint and sample from it."""
-    cfg = cfg or load_config(overrides)  # a deployment run passes Hydra overrides instead of a config
+def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                  settings: PipelineForm | None = None) -> dict[str, Any]:
+    """Build the corpus, train on it, evaluate the checkpoint and sample from it.
+
+    Args:
+        cfg: a whole composed config, for Python callers; the other two are ignored then.
+        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
+        settings: the settings most often changed; an empty field keeps conf/'s value.
+    """
+    cfg = flow_config(cfg, overrides, settings)  # a deployment run passes a form and overrides
     corpus = corpus_flow(cfg)
     trained = train_flow(cfg)
     metrics = evaluate_flow(cfg)

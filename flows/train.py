@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, checkpoint_kind, command, load_config, run_dir, token_dir
+from flows.common import cached, checkpoint_kind, command, flow_config, run_dir, token_dir
+from flows.forms import TrainForm
 from flows.corpus import corpus_flow
 from tasks import storage
 from tasks.errors import UserError
@@ -58,9 +59,16 @@ def check_init_from(folder: Path, model: dict[str, Any]) -> None:
 
 
 @flow(name="train", log_prints=True)
-def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
-    cfg = check_inputs(cfg or load_config(overrides))  # a deployment run passes Hydra overrides, not a config
+def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
+               settings: TrainForm | None = None) -> dict[str, Any]:
+    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics.
+
+    Args:
+        cfg: a whole composed config, for Python callers; the other two are ignored then.
+        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
+        settings: the settings most often changed; an empty field keeps conf/'s value.
+    """
+    cfg = check_inputs(flow_config(cfg, overrides, settings))  # a deployment run passes a form and overrides
     settings = {k: cfg[k] for k in TRAIN_SETTINGS}
     result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")

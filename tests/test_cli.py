@@ -119,3 +119,15 @@ def test_training_on_a_corpus_smaller_than_one_block_is_refused(tmp_path):
     (tokens / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "t.bin", "tokens": 100}], "val": []}}))
     with pytest.raises(UserError, match="has 100 train tokens, not one block of model.block_size=128"):
         check_inputs(cfg)
+
+
+@pytest.mark.parametrize("prompt", ["plain", "It's \"quoted\" \\ and a backslash", "a, b [c] = {d}", "ends\\"])
+def test_a_run_form_becomes_the_overrides_that_compose_its_values(prompt):
+    from flows.forms import GenerateForm, TrainForm
+
+    cfg = load_config(TrainForm(model="gpt2", trainer="cpu", max_steps=20).to_overrides()
+                      + GenerateForm(prompt=prompt, top_p=0.9).to_overrides())
+    assert (cfg["model"]["name"], cfg["trainer"]["max_steps"], cfg["prompt"], cfg["top_p"]) == ("gpt2", 20, prompt, 0.9)
+    assert TrainForm().to_overrides() == []  # an empty form keeps conf/'s values
+    with pytest.raises(ValueError, match="greater than 0"):
+        TrainForm(max_steps=0)

@@ -82,6 +82,20 @@ def test_deployments_resolve_their_folder_when_a_run_starts_and_train_goes_to_th
     assert corpus.work_pool_name == "opengpt2" and train.work_pool_name == "opengpt2-gpu"
 
 
+def test_each_deployment_form_is_typed_and_described(server):
+    with get_client(sync_client=True) as client:
+        schemas = {name: client.read_deployment_by_name(f"{name}/{name}").parameter_openapi_schema
+                   for name in ("train", "corpus", "generate", "export", "evaluate", "pipeline", "corpus-refresh")}
+    assert all(s["properties"]["settings"]["description"] and s["properties"]["overrides"]["description"].startswith("advanced")
+               for s in schemas.values())
+    train = schemas["train"]["definitions"]["TrainForm"]["properties"]
+    assert train["max_steps"]["anyOf"][0] == {"exclusiveMinimum": 0, "type": "integer"} and train["max_steps"]["description"]
+    assert {"gpt2-tiny", "gpt2", "gpt2-xl"} <= set(train["model"]["anyOf"][0]["enum"])  # a choice, from conf/model
+    generate = schemas["generate"]["definitions"]["GenerateForm"]["properties"]
+    assert generate["top_p"]["anyOf"][0] == {"exclusiveMinimum": 0.0, "maximum": 1.0, "type": "number"}
+    assert generate["temperature"]["anyOf"][0]["minimum"] == 0
+
+
 def test_refresh_schedule_is_registered_with_its_cron(server):
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("corpus-refresh/corpus-refresh")
@@ -90,7 +104,8 @@ def test_refresh_schedule_is_registered_with_its_cron(server):
 
 
 def test_deployed_corpus_run_completes_and_publishes_its_funnel(server, tmp_path):
-    run = run_deployment("corpus/corpus", parameters={"overrides": [f"paths.data={tmp_path}", "logger=none"]},
+    run = run_deployment("corpus/corpus", parameters={"settings": {"corpus": "demo", "runner": "local"},
+                                                      "overrides": [f"paths.data={tmp_path}", "logger=none"]},
                          timeout=600)
     assert run.state.is_completed(), run.state.message
     with get_client(sync_client=True) as client:
