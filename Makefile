@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export sample bench-corpus bench-scale bench-train bench-generate serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ refresh: $(STAMP)  ## add new dump months (corpus.refresh.dumps_dir) to the corp
 
 export: $(STAMP)  ## write a checkpoint (Lightning or DeepSpeed ZeRO) as a transformers GPT-2 folder
 	$(PY) -m flows.export $(ARGS)
+
+dashboard: $(STAMP)  ## save the W&B training dashboard to logger.project (online: WANDB_API_KEY, ARGS="logger.mode=online")
+	$(PY) -m flows.dashboard $(ARGS)
 
 bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (newspaper3k, datasketch, tiktoken)
 	$(PY) -m bench.corpus $(ARGS)

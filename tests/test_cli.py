@@ -23,6 +23,7 @@ CONF = REPO / "conf"
     ("flows.generate", [f"checkpoint={REPO / 'README.md'}"], "is not a checkpoint"),
     ("flows.evaluate", [], "no checkpoint at"),
     ("flows.train", ["trainer=gpu"], "needs a CUDA GPU and this machine has none"),
+    ("flows.dashboard", [], "make dashboard saves a view to your W&B project"),
 ])
 def test_a_mistake_is_one_line_and_exit_code_2(module, args, says, tmp_path):
     if "trainer=gpu" in args and __import__("torch").cuda.is_available():

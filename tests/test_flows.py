@@ -20,6 +20,7 @@ from flows.generate import generate_flow
 from flows.train import train_flow
 from model.lit import load_gpt
 from tasks.corpus.report import funnel
+from tasks.lm.dashboard import panel_metrics, training_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,6 +140,8 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     assert Path(result["checkpoint"]).exists()
     logged = {k for row in rows for k in row}
     assert {"lr", "grad_norm", "perf/tokens_per_s", "perf/tokens_seen", "perf/mfu"} <= logged
+    dashboard = training_workspace("offline-entity", cfg["logger"]["project"])  # built offline, saved by `make dashboard`
+    assert panel_metrics(dashboard) <= logged and len(dashboard.sections) == 3
     assert [r["samples._type"] for r in rows if "samples._type" in r] == ["table-file"] * 2  # steps 20 and 40
 
 
