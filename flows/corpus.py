@@ -172,6 +172,8 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
                            if result["changed"] else None)  # a cached rerun logs no new W&B run
     report.update({k: storage.join(out_dir, Path(v).name) for k, v in report.items() if k != "wandb"})
     markdown = funnel_markdown(stats, pipeline, sizes)
+    if report["wandb"]:
+        markdown += f"\n\nW&B run: `{report['wandb']}`\n"
     create_markdown_artifact(markdown, key="corpus-funnel", description="Corpus funnel")
     print(markdown)
     if not stats.get("tokenize/kept") and not cfg["corpus"]["dedup"]["against"]:  # a refresh may add nothing new

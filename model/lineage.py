@@ -30,6 +30,16 @@ def corpus_facts(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
+def record_checkpoint(run: Any, checkpoint: Path, run_name: str) -> None:
+    """The run's last checkpoint as a `model` artifact that references the file where it lies (no
+    copy of gigabytes of weights into W&B)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"model-{run_name}", type="model")
+    artifact.add_reference(checkpoint.resolve().as_uri(), checksum=False)  # a DeepSpeed folder is big
+    run.log_artifact(artifact, aliases=["latest"])
+
+
 def record_corpus(run: Any, tokens_dir: str) -> None:
     """Name the corpus a training run reads in its config; online, also mark the corpus artifact as
     the run's input, which draws dump -> corpus -> model in W&B's lineage graph (W&B refuses

@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
 from model.data import TokenDataModule, TokenShards
 from model.gpt import GPT
-from model.lineage import record_corpus
+from model.lineage import record_checkpoint, record_corpus
 from model.lit import GPTLightning
 
 
@@ -56,7 +56,7 @@ def make_logger(cfg: dict[str, Any]) -> WandbLogger | bool:
         return False
     Path(log_cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=log_cfg["project"], name=cfg["run_name"], group=cfg["model"]["name"],
-                       save_dir=log_cfg["save_dir"], mode=log_cfg["mode"], log_model=log_cfg["log_model"], config=cfg)
+                       save_dir=log_cfg["save_dir"], mode=log_cfg["mode"], log_model=False, config=cfg)
 
 
 def make_trainer(cfg: dict[str, Any], ckpt_dir: Path, logger, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -103,5 +103,7 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
               "global_step": trainer.global_step, "wandb_dir": logger.experiment.dir if logger else None,
               "wandb_run": logger.experiment.path if logger else None}
     if logger:
+        if cfg["logger"]["log_model"]:
+            record_checkpoint(logger.experiment, last, cfg["run_name"])
         logger.experiment.finish()
     return result

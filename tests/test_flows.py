@@ -132,6 +132,8 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     assert result["wandb_run"] and result["wandb_run"] in artifact.data and result["checkpoint"] in artifact.data
     configs = [json.dumps(r) for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") in ("run", "config")]
     assert any("manifest_sha256" in c and '"demo"' in c for c in configs)  # the run names the corpus it read
+    models = [r["artifact"] for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") == "artifact"]
+    assert [a["type"] for a in models if a["name"] == f"model-{cfg['run_name']}"] == ["model"]
     rows = wandb_history(Path(result["wandb_dir"]).parent)
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     perplexities = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
