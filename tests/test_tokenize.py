@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from importlib.resources import files
 
 import numpy as np

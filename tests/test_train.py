@@ -9,7 +9,6 @@ import torch
 
 from flows.common import load_config
 from model.lit import GPTLightning, load_gpt
-from tasks.corpus.document import url_id
 from tasks.corpus.tokenize import ShardWriter
 from model.train import accumulation, deepspeed_config, fit, make_strategy
 
