@@ -35,14 +35,21 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return check(OmegaConf.to_container(cfg, resolve=True))
 
 
-def command(run: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
+def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any]], Any] | None = None
+            ) -> Callable[[], None]:
     """The command line of a flow: `python -m flows.X key=value …` composes the config from conf/ and
-    the overrides, checks it, and hands it to `run`. A user's mistake (a malformed or unknown
-    override, a value not allowed, a missing input: any UserError) is one line on stderr and exit
-    code 2. Hydra's own flags (`--cfg job`, `--help`, `-m`) go through Hydra's command line."""
+    the overrides, checks it against the schema and then with `check` (its inputs), and hands it to
+    `run`. A user's mistake (a malformed or unknown override, a value not allowed, a missing input:
+    any UserError) is one line on stderr and exit code 2, before the flow starts. Hydra's own flags
+    (`--cfg job`, `--help`, `-m`) go through Hydra's command line."""
+    def checked_run(cfg: dict[str, Any]) -> None:
+        if check:
+            check(cfg)
+        run(cfg)
+
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def hydra_main(cfg: DictConfig) -> None:
-        run(to_dict(cfg))
+        checked_run(to_dict(cfg))
 
     def main() -> None:
         overrides = sys.argv[1:]
@@ -50,7 +57,7 @@ def command(run: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
             if any(arg.startswith("-") for arg in overrides):
                 hydra_main()
             else:
-                run(load_config(overrides))
+                checked_run(load_config(overrides))
         except (UserError, HydraException, OmegaConfBaseException) as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -61,6 +68,22 @@ def command(run: Callable[[dict[str, Any]], Any]) -> Callable[[], None]:
 def one_line(err: Exception) -> str:
     """An error's message on one line (Hydra's span several, with hints)."""
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+
+
+RUN_FORM_ARGS = """
+
+    Args:
+        cfg: a whole composed config, for Python callers; the other two are ignored then.
+        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
+        settings: the settings most often changed; an empty field keeps conf/'s value.
+    """
+
+
+def run_form_args(fn: Callable) -> Callable:
+    """Describe a flow's three config parameters in its docstring, where Prefect reads the
+    descriptions its deployment form shows."""
+    fn.__doc__ = fn.__doc__.rstrip() + RUN_FORM_ARGS
+    return fn
 
 
 def flow_config(cfg: dict[str, Any] | None, overrides: list[str] | None, settings: Any = None) -> dict[str, Any]:

@@ -13,16 +13,17 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import cached, check_benchmarks, command, flow_config, task_runner, token_dir, wait_with_progress
+from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, task_runner, token_dir,
+                          wait_with_progress)
 from flows.forms import CorpusForm
 from model.bpe import EOT
 from sample.web import serve_sample_web
+from tasks import storage
 from tasks.caching import code_version
 from tasks.corpus import shards
-from tasks.corpus.dumpfile import dump_format
+from tasks.corpus.dumpfile import BadDump, dump_format
 from tasks.corpus.fetch import fetch_task
 from tasks.corpus.neardup import Source, dropped, offsets
-from tasks import storage
 from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
 from tasks.corpus.urls import urls_task
@@ -134,10 +135,11 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"corpus.out_dir={c['out_dir']}: a store URL needs corpus.source=warc (fetching "
                             "writes URL lists and pages to a local or shared folder)")
         for dump in map(Path, c["dumps"]):
-            if not dump.is_file():
-                raise MissingInput(f"dump {dump} does not exist: check corpus.dumps")
-            if not c["urls"]["skip_bad_dumps"]:
-                dump_format(dump)  # BadDump when it is empty or not a dump at all
+            try:
+                dump_format(dump)  # MissingInput when it is not there
+            except BadDump:  # empty, or not a dump at all
+                if not c["urls"]["skip_bad_dumps"]:
+                    raise
     elif not c["warc_files"]:
         raise UserError("corpus.source=warc needs corpus.warc_files=[...]")
     for warc in c["warc_files"] if c["source"] == "warc" else []:
@@ -150,18 +152,13 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="corpus", log_prints=True)
+@run_form_args
 def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
                 settings: CorpusForm | None = None) -> dict[str, Any]:
     """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
 
-    The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers).
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
-    cfg = check_inputs(flow_config(cfg, overrides, settings))  # a deployment run passes a form and overrides
+    The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers)."""
+    cfg = check_inputs(flow_config(cfg, overrides, settings))
     result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]
     stats, sizes = result["stats"], storage.folder_sizes(out_dir)
@@ -182,7 +179,7 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
     return {**result, "report": report}
 
 
-main = command(lambda cfg: corpus_flow(check_inputs(cfg)))  # inputs checked before the flow starts
+main = command(corpus_flow, check_inputs)
 
 
 if __name__ == "__main__":

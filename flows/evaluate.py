@@ -6,7 +6,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, check_benchmarks, checkpoint_path, command, flow_config, token_dir
+from flows.common import cached, check_benchmarks, checkpoint_path, command, flow_config, run_form_args, token_dir
 from flows.forms import EvaluateForm
 from model.benchmarks import results_table
 from tasks.lm.evaluate import evaluate_task
@@ -20,16 +20,11 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="evaluate", log_prints=True)
+@run_form_args
 def evaluate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
                   settings: EvaluateForm | None = None) -> dict[str, Any]:
-    """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks.
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
-    cfg = check_inputs(flow_config(cfg, overrides, settings))  # a deployment run passes a form and overrides
+    """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
+    cfg = check_inputs(flow_config(cfg, overrides, settings))
     state = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"], return_state=True)
     result = state.result()
     table = evaluation_markdown(result, cfg["model"]["name"])
@@ -64,7 +59,7 @@ def log_evaluation(result: dict[str, Any], table: str, cfg: dict[str, Any]) -> N
         run.summary["evaluation_table"] = table
 
 
-main = command(lambda cfg: evaluate_flow(check_inputs(cfg)))  # inputs checked before the flow starts
+main = command(evaluate_flow, check_inputs)
 
 
 if __name__ == "__main__":

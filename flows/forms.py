@@ -78,16 +78,19 @@ class TrainForm(Form):
     run_name: typed(schema.Config, "run_name") = setting("run_name", "Checkpoint folder name (resumes when it exists)")
 
 
-class EvaluateForm(Form):
-    corpus: choices("corpus") | None = group("corpus", "Corpus whose val split is scored")
+class CheckpointForm(Form):
+    """What reads a checkpoint: which one, by default the last of the run of this model size."""
+
     model: choices("model") | None = group("model", "Model size of the default checkpoint's run")
     checkpoint: typed(schema.Config, "checkpoint") = setting("checkpoint", "A .ckpt, DeepSpeed or transformers folder")
+
+
+class EvaluateForm(CheckpointForm):
+    corpus: choices("corpus") | None = group("corpus", "Corpus whose val split is scored")
     benchmarks_dir: typed(schema.Eval, "benchmarks_dir") = setting("eval.benchmarks_dir", "Folder of the GPT-2 paper's benchmark files")
 
 
-class GenerateForm(Form):
-    model: choices("model") | None = group("model", "Model size of the default checkpoint's run")
-    checkpoint: typed(schema.Config, "checkpoint") = setting("checkpoint", "A .ckpt, DeepSpeed or transformers folder")
+class GenerateForm(CheckpointForm):
     prompt: typed(schema.Config, "prompt") = setting("prompt", "Text to continue")
     max_new_tokens: typed(schema.Config, "max_new_tokens") = setting("max_new_tokens", "Tokens to generate")
     temperature: typed(schema.Config, "temperature") = setting("temperature", "0: greedy")
@@ -96,9 +99,7 @@ class GenerateForm(Form):
     num_samples: typed(schema.Config, "num_samples") = setting("num_samples", "Continuations to sample")
 
 
-class ExportForm(Form):
-    model: choices("model") | None = group("model", "Model size of the default checkpoint's run")
-    checkpoint: typed(schema.Config, "checkpoint") = setting("checkpoint", "A .ckpt or DeepSpeed folder")
+class ExportForm(CheckpointForm):
     export_dir: typed(schema.Config, "export_dir") = setting("export_dir", "Where the Hugging Face folder goes")
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import check_benchmarks, command, flow_config
+from flows.common import check_benchmarks, command, flow_config, run_form_args
 from flows.forms import PipelineForm
 from flows.corpus import check_inputs, corpus_flow
 from flows.evaluate import evaluate_flow
@@ -25,29 +25,29 @@ def summary(corpus: dict[str, Any], pipeline: list[dict[str, Any]], metrics: dic
 
 
 @flow(name="pipeline", log_prints=True)
+@run_form_args
 def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
                   settings: PipelineForm | None = None) -> dict[str, Any]:
-    """Build the corpus, train on it, evaluate the checkpoint and sample from it.
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
-    cfg = flow_config(cfg, overrides, settings)  # a deployment run passes a form and overrides
+    """Build the corpus, train on it, evaluate the checkpoint and sample from it."""
+    cfg = flow_config(cfg, overrides, settings)
     corpus = corpus_flow(cfg)
     trained = train_flow(cfg)
     metrics = evaluate_flow(cfg)
     return {"corpus": corpus, "train": trained, "eval": metrics, "samples": generate_flow(cfg)}
 
 
-def run(cfg: dict[str, Any]) -> None:
+def check(cfg: dict[str, Any]) -> None:
+    """The corpus's inputs and the benchmarks evaluation will look for."""
+    check_inputs(cfg)
     check_benchmarks(cfg["eval"]["benchmarks_dir"], cfg["eval"]["benchmarks"], "eval.benchmarks_dir")
-    result = pipeline_flow(check_inputs(cfg))  # the corpus's inputs checked before the flow starts
+
+
+def run(cfg: dict[str, Any]) -> None:
+    result = pipeline_flow(cfg)
     print(summary(result["corpus"], cfg["corpus"]["pipeline"], result["eval"], result["samples"]))
 
 
-main = command(run)
+main = command(run, check)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import command, flow_config, token_dir
+from flows.common import command, flow_config, run_form_args, token_dir
 from flows.forms import RefreshForm
 from flows.corpus import corpus_flow
 from tasks.corpus.dumps import download_dumps_task
@@ -57,17 +57,12 @@ def merged_manifest(root: Path, versions: list[int]) -> dict[str, Any]:
 
 
 @flow(name="corpus-refresh", log_prints=True)
+@run_form_args
 def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
                  settings: RefreshForm | None = None) -> dict[str, Any]:
     """Add the new dump months in `corpus.refresh.dumps_dir` (after downloading those of
-    `corpus.refresh.dump_urls` it lacks) to the corpus as a new version.
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
-    cfg = flow_config(cfg, overrides, settings)  # a deployment run passes a form and overrides
+    `corpus.refresh.dump_urls` it lacks) to the corpus as a new version."""
+    cfg = flow_config(cfg, overrides, settings)
     root = Path(cfg["corpus"]["out_dir"])
     state_file = root / "refresh.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"processed": [], "versions": []}

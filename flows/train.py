@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, checkpoint_kind, command, flow_config, run_dir, token_dir
+from flows.common import cached, checkpoint_kind, command, flow_config, run_dir, run_form_args, token_dir
 from flows.forms import TrainForm
 from flows.corpus import corpus_flow
 from tasks import storage
@@ -37,8 +37,9 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
                         "has none: use trainer=cpu")
     if cfg["init_from"]:
         check_init_from(Path(cfg["init_from"]), cfg["model"])
-    manifest = Path(token_dir(cfg), "manifest.json")
-    if storage.is_local(token_dir(cfg)) and manifest.exists():
+    tokens_dir = token_dir(cfg)
+    manifest = Path(tokens_dir, "manifest.json")
+    if storage.is_local(tokens_dir) and manifest.exists():
         tokens = sum(s["tokens"] for s in json.loads(manifest.read_text())["splits"]["train"])
         if tokens <= cfg["model"]["block_size"]:
             raise UserError(f"the corpus at {manifest.parent} has {tokens:,} train tokens, not one block of "
@@ -59,18 +60,13 @@ def check_init_from(folder: Path, model: dict[str, Any]) -> None:
 
 
 @flow(name="train", log_prints=True)
+@run_form_args
 def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
                settings: TrainForm | None = None) -> dict[str, Any]:
-    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics.
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
-    cfg = check_inputs(flow_config(cfg, overrides, settings))  # a deployment run passes a form and overrides
-    settings = {k: cfg[k] for k in TRAIN_SETTINGS}
-    result = cached(train_task, cfg)(settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
+    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
+    cfg = check_inputs(flow_config(cfg, overrides, settings))
+    train_settings = {k: cfg[k] for k in TRAIN_SETTINGS}
+    result = cached(train_task, cfg)(train_settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
     create_markdown_artifact(training_markdown(result, cfg), key="training", description="Training run")
     return result
@@ -86,7 +82,7 @@ def training_markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
     return "| training run | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-main = command(lambda cfg: train_flow(check_inputs(cfg)))  # checked before the flow starts
+main = command(train_flow, check_inputs)
 
 
 if __name__ == "__main__":

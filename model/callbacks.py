@@ -14,6 +14,11 @@ from pytorch_lightning.callbacks import ProgressBar
 from tqdm import tqdm
 
 
+def stepped(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """Whether this micro-batch ended an optimizer step (not one in the middle of accumulation)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
 class StepProgress(ProgressBar):
     """One bar over optimizer steps, shown from the first one: step / max_steps, loss, tokens/s, ETA.
     A resumed run starts at its step; validation runs without a bar of its own.
@@ -40,7 +45,7 @@ class StepProgress(ProgressBar):
                             file=sys.stderr, desc="train (first step: compiling and warming up)")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.bar is None or (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if self.bar is None or not stepped(trainer, batch_idx):
             return
         self.bar.set_description("train", refresh=False)
         rate = self.bar.format_dict.get("rate")
@@ -64,7 +69,7 @@ class ProgressLines(pl.Callback):
         self.start: tuple[float, int] | None = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if not stepped(trainer, batch_idx):
             return
         step, now = trainer.global_step, time.perf_counter()
         if self.start is None:
@@ -95,8 +100,8 @@ class Throughput(pl.Callback):
         self.flops_per_token = module.model.flops_per_token()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # mid-accumulation: no optimizer step yet
+        if not stepped(trainer, batch_idx):
+            return
         step = trainer.global_step
         if step % trainer.log_every_n_steps == 0:
             if torch.cuda.is_available():

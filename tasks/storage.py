@@ -19,7 +19,6 @@ from typing import IO
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 
 def is_local(url: str | Path) -> bool:
@@ -56,17 +55,20 @@ def read_text(url: str | Path) -> str:
         return fh.read().decode()
 
 
-def write_text(url: str | Path, text: str) -> None:
+def write_bytes(url: str | Path, data: bytes) -> None:
     """Write a small file whole: a rename locally, one PUT (atomic in S3) remotely."""
+    fs, path = filesystem(url)
     if is_local(url):
-        path = Path(filesystem(url)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path + ".tmp")
+        tmp.write_bytes(data)
         tmp.replace(path)
     else:
-        fs, path = filesystem(url)
-        fs.pipe_file(path, text.encode())
+        fs.pipe_file(path, data)
+
+
+def write_text(url: str | Path, text: str) -> None:
+    write_bytes(url, text.encode())
 
 
 def file_key(url: str | Path) -> str:
@@ -124,7 +126,7 @@ def npy_rows(url: str | Path, start: int, stop: int | None, scratch: Path | None
         count = max(0, stop - start)
         if count == 0:
             return np.zeros((0, *row_shape), dtype=dtype)
-        if isinstance(filesystem(url)[0], LocalFileSystem):
+        if is_local(url):
             return np.memmap(filesystem(url)[1], dtype=dtype, mode="r", offset=header + start * per_row,
                              shape=(count, *row_shape))
         fh.seek(header + start * per_row)
@@ -146,16 +148,7 @@ def _copy_bytes(src: IO, dst: IO, n: int, block: int = 1 << 22) -> None:
 
 
 def save_npy(url: str | Path, array: np.ndarray) -> None:
-    """Write a .npy file whole (atomically, as `write_text`)."""
-    if is_local(url):
-        path = Path(filesystem(url)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, array)
-        tmp.replace(path)
-    else:
-        buffer = io.BytesIO()
-        np.save(buffer, array)
-        fs, path = filesystem(url)
-        fs.pipe_file(path, buffer.getvalue())
-
+    """Write a .npy file whole (as `write_bytes`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes(url, buffer.getvalue())

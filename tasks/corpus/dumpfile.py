@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from tasks.errors import UserError
+from tasks.errors import MissingInput, UserError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAGIC = ((ZSTD_MAGIC, "zst"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bz2"), (b"\x1f\x8b", "gz"))
@@ -29,7 +29,10 @@ class BadDump(UserError):
 
 
 def dump_format(path: Path) -> str:
-    """`zst`, `xz`, `bz2`, `gz` or `ndjson`, from the first bytes; BadDump when it is none of them."""
+    """`zst`, `xz`, `bz2`, `gz` or `ndjson`, from the first bytes; BadDump when it is none of them,
+    MissingInput (a wrong setting, never skipped) when there is no such file."""
+    if not path.is_file():
+        raise MissingInput(f"dump {path} does not exist: check corpus.dumps")
     with open(path, "rb") as fh:
         head = fh.read(64)
     if not head:

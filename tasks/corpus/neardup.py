@@ -155,11 +155,11 @@ def candidate_pairs(keys: np.ndarray, ids: np.ndarray, n_earlier: int, max_bucke
     return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int64)
 
 
-def key_ranges(total: int, chunk_docs: int) -> list[tuple[int, int]]:
-    """Equal ranges of the 64-bit key space, each holding about `chunk_docs` of `total` keys (they are hashes)."""
+def range_edges(total: int, chunk_docs: int) -> np.ndarray:
+    """Where the 64-bit key space is cut into equal ranges holding about `chunk_docs` of `total`
+    keys each (they are hashes): the inner edges, so N edges make N + 1 ranges."""
     parts = max(1, -(-total // chunk_docs))
-    edges = [(2**64 * k) // parts for k in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return np.array([(2**64 * k) // parts for k in range(1, parts)], dtype=np.uint64)
 
 
 def band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int) -> np.ndarray:
@@ -174,19 +174,17 @@ def _band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_do
     starts = offsets(sources)
     columns = [(storage.npy_rows(s.bands, band, band + 1, scratch)[0], int(start))
                for s, start in zip(sources, starts) if s.n]
-    cursors = [0] * len(columns)
+    edges = range_edges(int(starts[-1]), chunk_docs)
+    # each column's row bounds of every range, found in one search (a strided field is copied per search)
+    bounds = [np.concatenate(([0], np.searchsorted(column["key"], edges), [len(column)])) for column, _ in columns]
     n_earlier = sum(s.n for s in sources if s.earlier)
     found = [np.zeros((0, 2), dtype=np.int64)]
-    for _, hi in key_ranges(int(starts[-1]), chunk_docs):
-        keys, ids = [], []
-        for c, (column, start) in enumerate(columns):
-            end = len(column) if hi == 2**64 else int(np.searchsorted(column["key"], np.uint64(hi)))
-            part = np.asarray(column[cursors[c]:end])
-            cursors[c] = end
-            keys.append(part["key"])
-            ids.append(part["pos"].astype(np.int64) + start)
-        if keys:
-            found.append(candidate_pairs(np.concatenate(keys), np.concatenate(ids), n_earlier, max_bucket))
+    for r in range(len(edges) + 1):
+        parts = [(np.asarray(column[b[r]:b[r + 1]]), start) for (column, start), b in zip(columns, bounds)]
+        if parts:
+            keys = np.concatenate([part["key"] for part, _ in parts])
+            ids = np.concatenate([part["pos"].astype(np.int64) + start for part, start in parts])
+            found.append(candidate_pairs(keys, ids, n_earlier, max_bucket))
     pairs = np.concatenate(found)
     return pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
 

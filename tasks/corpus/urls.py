@@ -22,7 +22,6 @@ from tqdm import tqdm
 from tasks.caching import FilesAndCode
 from tasks.corpus.document import Document, url_id, write_documents
 from tasks.corpus.dumpfile import BadDump, dump_format, open_dump
-from tasks.errors import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ def read_submissions(paths: Iterable[Path], stats: Counter, skip_bad: bool = Fal
     is kept. A dump that cannot be read at all (missing, empty, not a dump, not one record) stops the
     stage with BadDump, unless `skip_bad`: then it is counted as `unreadable_file` and skipped."""
     for path in paths:
-        if not path.is_file():  # a wrong setting, not bad input: never skipped
-            raise MissingInput(f"dump {path} does not exist: check corpus.dumps")
         try:
             yield from read_dump(path, stats)
         except BadDump as err:
