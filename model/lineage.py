@@ -41,13 +41,19 @@ def record_checkpoint(run: Any, checkpoint: Path, run_name: str) -> None:
 
 
 def record_corpus(run: Any, tokens_dir: str) -> None:
-    """Name the corpus a training run reads in its config; online, also mark the corpus artifact as
-    the run's input, which draws dump -> corpus -> model in W&B's lineage graph (W&B refuses
-    `use_artifact` in offline runs, so there the config is the link)."""
+    """Name the corpus a training run reads, in its config and as its input artifact, which draws
+    dump -> corpus -> model in W&B's lineage graph. The artifact is rebuilt from the manifest, so it
+    has the digest of the version the corpus run logged and W&B resolves both to one version."""
     path = Path(tokens_dir) / "manifest.json"
     manifest = json.loads(path.read_text())
     if "config" not in manifest:  # token shards made by hand (tests): nothing to name
         return
     run.config.update({"corpus": corpus_facts(path, manifest)}, allow_val_change=True)
-    if not run.offline and not run.disabled:
+    if run.disabled:
+        return
+    if run.offline:
+        # `use_artifact` refuses offline runs, though for a new artifact it only logs it marked
+        # "use after commit"; that record is written offline too, and `wandb sync` replays it.
+        run._log_artifact(corpus_artifact(tokens_dir), is_user_created=True, use_after_commit=True)
+    else:
         run.use_artifact(corpus_artifact(tokens_dir))

@@ -113,7 +113,7 @@ def test_second_corpus_run_is_served_from_cache(demo):
 
 
 def test_train_logs_to_wandb_offline_and_loss_falls(demo):
-    cfg, _ = demo
+    cfg, corpus = demo
     with info_logs():
         state = train_flow(cfg, return_state=True)
     result, run_id = state.result(), state.state_details.flow_run_id
@@ -132,8 +132,13 @@ def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     assert result["wandb_run"] and result["wandb_run"] in artifact.data and result["checkpoint"] in artifact.data
     configs = [json.dumps(r) for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") in ("run", "config")]
     assert any("manifest_sha256" in c and '"demo"' in c for c in configs)  # the run names the corpus it read
-    models = [r["artifact"] for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") == "artifact"]
-    assert [a["type"] for a in models if a["name"] == f"model-{cfg['run_name']}"] == ["model"]
+    artifacts = [r["artifact"] for r in wandb_records(Path(result["wandb_dir"]).parent) if r.get("type") == "artifact"]
+    assert [a["type"] for a in artifacts if a["name"] == f"model-{cfg['run_name']}"] == ["model"]
+    # the corpus as the run's input, the very version the corpus run logged: lineage after `wandb sync`
+    [used] = [a for a in artifacts if a["name"] == "corpus-demo"]
+    [logged] = [r["artifact"] for r in wandb_records(Path(corpus.result()["report"]["wandb"]))
+                if r.get("type") == "artifact" and r["artifact"]["name"] == "corpus-demo"]
+    assert used.get("use_after_commit") is True and used["digest"] == logged["digest"]
     rows = wandb_history(Path(result["wandb_dir"]).parent)
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     perplexities = [r["val/perplexity"] for r in rows if "val/perplexity" in r]
