@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,9 +101,21 @@ def staged_folder(url: str | Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="opengpt2-stage-") as scratch:
         yield Path(scratch)
-        fs, path = filesystem(url)
         for file in sorted(p for p in Path(scratch).rglob("*") if p.is_file()):
-            fs.put_file(str(file), join(path, *file.relative_to(scratch).parts))
+            put_file(file, join(url, *file.relative_to(scratch).parts))
+
+
+def put_file(local: Path, url: str | Path) -> None:
+    """Move a finished local file to `url`: a rename locally (a copy across file systems), one
+    upload remotely."""
+    if is_local(url):
+        path = Path(filesystem(url)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(local, path.with_name(path.name + ".tmp"))
+        path.with_name(path.name + ".tmp").replace(path)
+    else:
+        fs, path = filesystem(url)
+        fs.put_file(str(local), path)
 
 
 def load_npy(url: str | Path) -> np.ndarray:

@@ -8,8 +8,8 @@ position in the shard). It runs in phases, each parallel and each bounded by a s
    bucket keys sorted, each with the document's position (12 bytes per document and band);
 2. candidates: per band, the key space is cut into ranges of about `chunk_docs` documents; each
    range is read from every shard's sorted band file (a binary search, no full read) and documents
-   sharing a bucket become candidate pairs, written to the band's pair file sorted by the later
-   document, so RAM holds one range, never the corpus;
+   sharing a bucket become candidate pairs, appended to scratch files by the source of the later
+   document and joined into the band's pair file, so RAM holds one range, never the corpus;
 3. confirm: per shard, the candidate pairs whose later document is in the shard (one slice of each
    pair file) are checked by exact Jaccard, re-shingling both texts from their shards;
 4. decide: walk the confirmed pairs in corpus order; a document is dropped when a confirmed partner
@@ -21,9 +21,10 @@ new months are checked against all of them, one key range at a time, and never d
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,15 +163,34 @@ def range_edges(total: int, chunk_docs: int) -> np.ndarray:
     return np.array([(2**64 * k) // parts for k in range(1, parts)], dtype=np.uint64)
 
 
-def band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int) -> np.ndarray:
-    """Candidate pairs of one band over every source, sorted by the later document, reading the
-    band's sorted keys one key range at a time (from remote stores, via a local scratch copy of
-    the band's row of each file)."""
+def write_band_pairs(sources: list[Source], band: int, max_bucket: int, chunk_docs: int, url: str) -> list[int]:
+    """Write one band's candidate pairs over every source to the pair file `url`, grouped by the
+    source of the later document, and return each source's row bounds in it. RAM holds one key
+    range and its pairs: each range's pairs go to a scratch file per source, joined at the end."""
     with tempfile.TemporaryDirectory(prefix="opengpt2-band-") as scratch:
-        return _band_candidates(sources, band, max_bucket, chunk_docs, Path(scratch))
+        runs, counts = [Path(scratch, f"later-{i}.bin") for i in range(len(sources))], np.zeros(len(sources), np.int64)
+        starts = offsets(sources)
+        for pairs in range_pairs(sources, band, max_bucket, chunk_docs, Path(scratch)):
+            owner = np.searchsorted(starts, pairs[:, 1], side="right") - 1
+            for s in np.unique(owner):
+                with runs[s].open("ab") as fh:
+                    fh.write(np.ascontiguousarray(pairs[owner == s]).tobytes())
+                counts[s] += np.count_nonzero(owner == s)
+        local = Path(scratch, "pairs.npy")
+        with local.open("wb") as out:
+            np.lib.format.write_array_header_1_0(out, {"descr": "<i8", "fortran_order": False,
+                                                       "shape": (int(counts.sum()), 2)})
+            for run in runs:
+                if run.exists():
+                    with run.open("rb") as fh:
+                        shutil.copyfileobj(fh, out, 1 << 14)  # a fixed buffer: RAM stays one range
+        storage.put_file(local, url)
+    return np.concatenate(([0], np.cumsum(counts))).tolist()
 
 
-def _band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_docs: int, scratch: Path) -> np.ndarray:
+def range_pairs(sources: list[Source], band: int, max_bucket: int, chunk_docs: int, scratch: Path) -> Iterator[np.ndarray]:
+    """One band's candidate pairs, one key range at a time, read from each source's sorted band
+    column by binary search (remote columns through a local copy in `scratch`)."""
     starts = offsets(sources)
     columns = [(storage.npy_rows(s.bands, band, band + 1, scratch)[0], int(start))
                for s, start in zip(sources, starts) if s.n]
@@ -178,25 +198,17 @@ def _band_candidates(sources: list[Source], band: int, max_bucket: int, chunk_do
     # each column's row bounds of every range, found in one search (a strided field is copied per search)
     bounds = [np.concatenate(([0], np.searchsorted(column["key"], edges), [len(column)])) for column, _ in columns]
     n_earlier = sum(s.n for s in sources if s.earlier)
-    found = [np.zeros((0, 2), dtype=np.int64)]
     for r in range(len(edges) + 1):
         parts = [(np.asarray(column[b[r]:b[r + 1]]), start) for (column, start), b in zip(columns, bounds)]
         if parts:
             keys = np.concatenate([part["key"] for part, _ in parts])
             ids = np.concatenate([part["pos"].astype(np.int64) + start for part, start in parts])
-            found.append(candidate_pairs(keys, ids, n_earlier, max_bucket))
-    pairs = np.concatenate(found)
-    return pairs[np.lexsort((pairs[:, 0], pairs[:, 1]))]
-
-
-def shard_bounds(pairs: np.ndarray, sources: list[Source]) -> list[int]:
-    """Row bounds of each source's slice of a pair file sorted by the later document."""
-    return np.searchsorted(pairs[:, 1], offsets(sources)).tolist()
+            yield candidate_pairs(keys, ids, n_earlier, max_bucket)
 
 
 def shard_pairs(slices: list[tuple[str, int, int]]) -> np.ndarray:
-    """The distinct candidate pairs in the given (pair file, first row, end row) slices: one shard's
-    slice of each band's pair file."""
+    """The distinct candidate pairs, sorted, in the given (pair file, first row, end row) slices: one
+    shard's slice of each band's pair file."""
     parts = [np.zeros((0, 2), dtype=np.int64)] + [np.asarray(storage.npy_rows(path, lo, hi)) for path, lo, hi in slices]
     return np.unique(np.concatenate(parts), axis=0)
 

@@ -25,8 +25,8 @@ from tasks.caching import FilesAndCode, fingerprint
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from tasks.corpus.extract import warc_records
 from tasks import storage
-from tasks.corpus.neardup import (Source, band_candidates, band_hashes, band_table, confirm, keep_positions,
-                                shard_bounds, shard_pairs)
+from tasks.corpus.neardup import (Source, band_hashes, band_table, confirm, keep_positions, shard_pairs,
+                                write_band_pairs)
 from tasks.corpus.step import Step, build_steps, check_errors, run_steps
 from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
 
@@ -201,11 +201,9 @@ def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any
 def candidates_task(sources: list[dict[str, Any]], band: int, out_dir: str, max_bucket: int,
                     chunk_docs: int) -> dict[str, Any]:
     """Candidate pairs (earlier, later) of one LSH band, in global document numbers, written to the
-    band's pair file sorted by the later document; returns its path and each source's row bounds."""
-    path, all_sources = storage.join(out_dir, f"pairs-{band:03d}.npy"), [Source(**s) for s in sources]
-    pairs = band_candidates(all_sources, band, max_bucket, chunk_docs)
-    storage.save_npy(path, pairs)
-    return {"path": path, "bounds": shard_bounds(pairs, all_sources)}
+    band's pair file grouped by the later document's shard; returns its path and each shard's row bounds."""
+    path = storage.join(out_dir, f"pairs-{band:03d}.npy")
+    return {"path": path, "bounds": write_band_pairs([Source(**s) for s in sources], band, max_bucket, chunk_docs, path)}
 
 
 @task(name="dedup-confirm", cache_policy=FilesAndCode(files=("slices",)))
