@@ -39,9 +39,10 @@ class KVCache:
     """Keys and values of the tokens seen so far, per layer, so that decoding a token costs one
     position instead of the whole context. Preallocated to `max_len` positions.
 
-    After `make_static()`, one token at a time is written at a position held in a tensor and
-    attention runs over the whole buffer with a mask: every shape stays fixed, so the decode
-    step can be captured once by torch.compile / CUDA graphs.
+    After `make_static()`, one token per row is written at that row's position, held in a tensor,
+    and attention runs over the whole buffer with a mask: every shape stays fixed, so the decode
+    step can be captured once by torch.compile / CUDA graphs, and rows may stand at different
+    positions (the playground's batch of requests that came at different times).
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
@@ -51,8 +52,8 @@ class KVCache:
         self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.size, self.length = max_len, 0
         self.static = False
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.slots = torch.arange(max_len, device=device)
+        self.position = torch.zeros(batch, dtype=torch.long, device=device)
+        self.slots, self.rows = torch.arange(max_len, device=device), torch.arange(batch, device=device)
 
     def make_static(self) -> None:
         self.static = True
@@ -63,14 +64,14 @@ class KVCache:
         self.length, self.static = 0, False
 
     def visible(self) -> torch.Tensor | None:
-        """In static mode, the mask of the positions written so far (None otherwise)."""
-        return (self.slots <= self.position)[None, None, None, :] if self.static else None
+        """In static mode, each row's mask of the positions written so far (None otherwise)."""
+        return (self.slots[None, :] <= self.position[:, None])[:, None, None, :] if self.static else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k and v; returns k and v for every position so far."""
         kv = self.kv[layer]
         if self.static:
-            kv[:, :, :, self.position] = torch.stack((k, v))
+            kv[:, self.rows, :, self.position] = torch.stack((k, v))[:, :, :, 0].transpose(0, 1)
             return kv[0], kv[1]
         end = self.length + k.shape[2]
         kv[:, :, :, self.length:end] = torch.stack((k, v))
@@ -185,7 +186,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if cache is not None and cache.static:
-            pos = cache.position  # never read cache.length here: torch.compile would recompile for each prompt length
+            pos = cache.position[:, None]  # never read cache.length here: torch.compile would recompile per prompt length
         else:
             pos = self.positions(cache.length if cache is not None else 0, idx.shape[1], idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))

@@ -14,9 +14,10 @@ ROW_CHUNK = 512  # entries per chunk when a row of logits is reduced in two stag
 SMALLEST_CACHE = 128  # positions; caches come in powers of two from here up to the context
 
 
-def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty: tokens marked in `seen` (B, V) become less likely, whatever their sign."""
-    if seen is None or penalty == 1.0:
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor) -> torch.Tensor:
+    """CTRL's repetition penalty, per row (`penalty` (B, 1)): tokens marked in `seen` (B, V) become
+    less likely, whatever their sign."""
+    if seen is None:
         return logits
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
@@ -28,11 +29,13 @@ def chunked(rows: torch.Tensor) -> torch.Tensor:
     return F.pad(rows, (0, -rows.shape[1] % ROW_CHUNK), value=float("-inf")).view(rows.shape[0], -1, ROW_CHUNK)
 
 
-def kth_largest(rows: torch.Tensor, k: int) -> torch.Tensor:
-    """Each row's k-th largest value, (B, 1): the k-th largest of its chunks' top k."""
-    k = min(k, rows.shape[1])
-    best = chunked(rows).topk(min(k, ROW_CHUNK), dim=-1, sorted=False).values.flatten(1)
-    return best.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+def kth_largest(rows: torch.Tensor, k: torch.Tensor, k_max: int) -> torch.Tensor:
+    """Each row's k-th largest value, (B, 1), for a k per row (B, 1) of at most `k_max`; -inf where
+    k is 0 (no limit). From the `k_max` largest of the chunks' `k_max` largest."""
+    k_max = min(k_max, rows.shape[1])
+    best = chunked(rows).topk(min(k_max, ROW_CHUNK), dim=-1, sorted=False).values.flatten(1)
+    best = best.topk(k_max, dim=-1).values  # sorted, largest first
+    return best.gather(1, k.clamp(1, k_max) - 1).masked_fill(k == 0, float("-inf"))
 
 
 def row_argmax(rows: torch.Tensor) -> torch.Tensor:
@@ -42,22 +45,18 @@ def row_argmax(rows: torch.Tensor) -> torch.Tensor:
     return chunk * ROW_CHUNK + within.gather(1, chunk)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """The last position's logits (B, V) divided by the temperature, with the tokens that top-k and
-    top-p leave out set to -inf: their softmax is the distribution of the next token."""
-    logits = logits / temperature
-    if top_k:
-        logits = logits.masked_fill(logits < kth_largest(logits, top_k), float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(-1)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    return logits
+def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The logits with the tokens outside each row's nucleus set to -inf: the smallest set of likeliest
+    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_probs = sorted_logits.softmax(-1)
+    outside = (sorted_probs.cumsum(-1) - sorted_probs > top_p) & (top_p < 1)
+    return logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
 
 
 class Sampler:
-    """Picks each row's next token from the logits; `temperature=0` is greedy.
+    """Picks each row's next token from the logits, with settings of its own per row, each a (B, 1)
+    tensor: temperature (0: greedy), top_k (0: none), top_p (1: none) and repetition penalty (1: none).
 
     Sampling is an exponential race: with E_i ~ Exp(1) drawn from the seeded generator, argmax
     p_i / E_i is token i with probability p_i. Unlike torch.multinomial it has no data-dependent
@@ -65,14 +64,59 @@ class Sampler:
     space, argmax logit_i - log E_i, where the softmax cancels out.
     """
 
-    def __init__(self, temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float):
-        self.temperature, self.top_k, self.top_p, self.penalty = temperature, top_k, top_p, repetition_penalty
+    def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor):
+        self.temperature, self.top_k, self.top_p, self.penalty = temperature, top_k, top_p, penalty
+        self.settings_changed()
+
+    @classmethod
+    def alike(cls, batch: int, device: torch.device | str, temperature: float, top_k: int | None,
+              top_p: float | None, repetition_penalty: float) -> Sampler:
+        """`batch` rows with the same settings (None: that filter is off)."""
+        def column(value: float, dtype: torch.dtype) -> torch.Tensor:
+            return torch.full((batch, 1), value, dtype=dtype, device=device)
+
+        return cls(column(temperature, torch.float32), column(top_k or 0, torch.long),
+                   column(1.0 if top_p is None else top_p, torch.float32), column(repetition_penalty, torch.float32))
+
+    def set_row(self, row: int, temperature: float, top_k: int | None, top_p: float | None,
+                repetition_penalty: float) -> None:
+        self.temperature[row], self.top_k[row] = temperature, top_k or 0
+        self.top_p[row], self.penalty[row] = 1.0 if top_p is None else top_p, repetition_penalty
+        self.settings_changed()
+
+    def row(self, row: int) -> Sampler:
+        """The sampler of one row, as a batch of one."""
+        return Sampler(*(t[row:row + 1] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
+
+    def settings_changed(self) -> None:
+        """Read which filters any row uses, once per change of settings, never in a decode step."""
+        self.k_max = int(self.top_k.max())
+        self.uses_top_p = bool((self.top_p < 1).any())
+        self.uses_penalty = bool((self.penalty != 1).any())
+        self.greedy = self.temperature == 0
+        self.all_greedy = bool(self.greedy.all())
+
+    def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, V) whose softmax is each row's next-token distribution: repeats penalised,
+        divided by the temperature, the tokens that top-k and top-p leave out at -inf."""
+        if self.uses_penalty:
+            logits = penalise_repeats(logits, seen, self.penalty)
+        logits = logits / torch.where(self.greedy, 1.0, self.temperature)
+        if self.k_max:
+            logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
+        if self.uses_top_p:
+            logits = nucleus(logits, self.top_p)
+        return logits
+
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (B, 1) from `distribution`'s logits: the likeliest for a greedy row,
+        else the winner of the race against `noise` (unread for a greedy row)."""
+        if self.all_greedy:
+            return row_argmax(logits)
+        return row_argmax(torch.where(self.greedy, logits, logits - noise.log()))
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-        logits = penalise_repeats(logits, seen, self.penalty)
-        if self.temperature == 0:
-            return row_argmax(logits)
-        return row_argmax(filter_logits(logits, self.temperature, self.top_k, self.top_p) - noise.log())
+        return self.pick(self.distribution(logits, seen), noise)
 
 
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
@@ -101,7 +145,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     if max_new_tokens == 0:
         return ids
     batch, block, vocab = ids.shape[0], model.config.block_size, model.config.vocab_size
-    sampler = Sampler(temperature, top_k, top_p, repetition_penalty)
+    sampler = Sampler.alike(batch, ids.device, temperature, top_k, top_p, repetition_penalty)
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import compiled_decoding, cosine_with_warmup, inference_device, inference_dtype, load_gpt
-from model.sample import (Sampler, cache_size, filter_logits, generate, kth_largest, penalise_repeats, row_argmax,
+from model.sample import (Sampler, cache_size, generate, kth_largest, penalise_repeats, row_argmax,
                           sample_text)
 from model.bpe import EOT
 
@@ -221,7 +221,7 @@ def test_generation_past_the_context_keeps_going(gpt):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    probs = filter_logits(logits, 1.0, None, 0.75).softmax(-1)
+    probs = Sampler.alike(1, "cpu", 1.0, None, 0.75, 1.0).distribution(logits, None).softmax(-1)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
 
 
@@ -229,13 +229,16 @@ def test_chunked_row_reductions_agree_with_torch():
     rows = torch.randn(3, 1300).round(decimals=1)  # many ties, and a last chunk that needs padding
     assert torch.equal(row_argmax(rows), rows.argmax(-1, keepdim=True))
     for k in (1, 40, 600, 1300, 5000):
-        assert torch.equal(kth_largest(rows, k), rows.topk(min(k, 1300)).values[:, -1:])
+        assert torch.equal(kth_largest(rows, torch.full((3, 1), k), k), rows.topk(min(k, 1300)).values[:, -1:])
+    ks = torch.tensor([[0], [3], [1300]])  # a k per row; 0: no limit
+    assert torch.equal(kth_largest(rows, ks, 1300)[:, 0], torch.stack([torch.tensor(float("-inf")),
+                                                                         rows[1].topk(3).values[-1], rows[2].min()]))
 
 
 def test_repetition_penalty_lowers_tokens_already_used():
     logits = torch.tensor([[2.0, 2.0, -1.0, -1.0]])
     seen = torch.tensor([[True, False, True, False]])
-    assert torch.equal(penalise_repeats(logits, seen, 2.0), torch.tensor([[1.0, 2.0, -2.0, -1.0]]))
+    assert torch.equal(penalise_repeats(logits, seen, torch.tensor([[2.0]])), torch.tensor([[1.0, 2.0, -2.0, -1.0]]))
 
 
 def test_greedy_with_a_heavy_repetition_penalty_never_repeats(gpt):
@@ -249,7 +252,7 @@ def test_exponential_race_samples_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     generator = torch.Generator().manual_seed(0)
     noise = torch.empty(10_000, 5).exponential_(generator=generator)
-    picks = Sampler(1.0, None, None, 1.0)(probs.log().expand(10_000, 5), None, noise)
+    picks = Sampler.alike(10_000, "cpu", 1.0, None, None, 1.0)(probs.log().expand(10_000, 5), None, noise)
     frequencies = torch.bincount(picks[:, 0], minlength=5) / 10_000
     assert torch.allclose(frequencies, probs, atol=0.015) and frequencies[4] == 0
 
