@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate bench-playground playground browser serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,8 +43,13 @@ $(DEV_STAMP): $(STAMP)
 demo: $(STAMP)  ## the whole pipeline on the bundled sample: corpus -> train -> eval -> sample (no network)
 	$(PY) -m flows.pipeline $(ARGS)
 
-test: $(DEV_STAMP)  ## run the test suite (installs the dev extra: pytest, hadolint, moto)
+test: $(DEV_STAMP) browser  ## run the test suite (installs the dev extra: pytest, hadolint, moto, playwright; and Chromium)
 	$(PY) -m pytest $(ARGS)
+
+browser:  ## Debian's Chromium for the playground's browser test (as root with apt-get; elsewhere that test skips)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: Chromium could not be installed (needs root and apt-get): the browser test will skip"
 
 corpus: $(STAMP)  ## build the token corpus (default: the bundled sample)
 	$(PY) -m flows.corpus $(ARGS)
@@ -57,6 +62,10 @@ eval: $(STAMP)  ## val perplexity of a checkpoint, and the GPT-2 paper's benchma
 
 generate: $(STAMP)  ## sample text from a checkpoint
 	$(PY) -m flows.generate $(ARGS)
+
+playground: $(STAMP)  ## a sampling page on http://127.0.0.1:7860 (make playground checkpoint=PATH compare=PATH)
+	$(PY) -m flows.playground $(if $(checkpoint),checkpoint=$(checkpoint)) \
+		$(if $(compare),playground.compare=$(compare)) $(ARGS)
 
 refresh: $(STAMP)  ## add new dump months (corpus.refresh.dumps_dir) to the corpus as a new version
 	$(PY) -m flows.refresh $(ARGS)
@@ -78,6 +87,9 @@ bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/
 
 bench-generate: $(STAMP)  ## decoding tokens/s beside transformers' generate (same weights, batch 1, 256 tokens)
 	$(PY) -m bench.generate $(ARGS)
+
+bench-playground: $(STAMP)  ## the playground's batch: 8 staggered requests together vs one after another (default: the demo checkpoint)
+	$(PY) -m bench.playground $(ARGS)
 
 sample: $(STAMP)  ## regenerate the bundled sample web and dump under sample/
 	$(PY) -m sample.build

@@ -186,7 +186,26 @@ class Corpus(Strict):
     tokenize: Tokenize
 
 
-class Config(Strict):
+class Sampling(Strict):
+    """How text is sampled: by `make generate` and by each request to the playground alike."""
+
+    prompt: str
+    max_new_tokens: Positive
+    temperature: Annotated[float, Field(ge=0)]
+    top_k: NonNegative | None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None
+    repetition_penalty: Annotated[float, Field(gt=0)]
+
+
+class Playground(Strict):
+    host: str
+    port: Annotated[int, Field(ge=0, le=65535)]
+    batch: Positive
+    max_new_tokens: Positive
+    compare: str | None
+
+
+class Config(Sampling):
     paths: Paths
     seed: int
     refresh: bool
@@ -195,12 +214,6 @@ class Config(Strict):
     checkpoint: str | None
     init_from: str | None
     export_dir: str
-    prompt: str
-    max_new_tokens: Positive
-    temperature: Annotated[float, Field(ge=0)]
-    top_k: NonNegative | None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None
-    repetition_penalty: Annotated[float, Field(gt=0)]
     num_samples: Positive
     compile_decode: bool | Literal["auto"]
     device: str
@@ -211,6 +224,7 @@ class Config(Strict):
     logger: Logger
     eval: Eval
     runner: Runner
+    playground: Playground
 
 
 def check(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 stopping at <|endoftext|>, deterministic for a seed, streaming tokens as they come."""
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 
 import torch
@@ -12,6 +13,7 @@ from model.bpe import EOT, gpt2_encoding
 DONE_CHECK_EVERY = 16  # steps between looks at "has every row ended?", each one a wait for the device
 ROW_CHUNK = 512  # entries per chunk when a row of logits is reduced in two stages
 SMALLEST_CACHE = 128  # positions; caches come in powers of two from here up to the context
+NUCLEUS_CANDIDATES = 256  # top-p looks among this many likeliest tokens first
 
 
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor) -> torch.Tensor:
@@ -25,7 +27,8 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: t
 def chunked(rows: torch.Tensor) -> torch.Tensor:
     """(B, V) as (B, chunks, ROW_CHUNK), padded with -inf. On a GPU, a reduction over one 50k-long row
     runs in one thread block, and a top-k over it as a radix select of many kernels; reducing the
-    chunks first, then their results, spreads the work and gives the same answer."""
+    chunks first, then their results, spreads the work and gives the same answer (on a CPU, where
+    it measured ten times slower, rows are reduced whole)."""
     return F.pad(rows, (0, -rows.shape[1] % ROW_CHUNK), value=float("-inf")).view(rows.shape[0], -1, ROW_CHUNK)
 
 
@@ -33,13 +36,33 @@ def kth_largest(rows: torch.Tensor, k: torch.Tensor, k_max: int) -> torch.Tensor
     """Each row's k-th largest value, (B, 1), for a k per row (B, 1) of at most `k_max`; -inf where
     k is 0 (no limit). From the `k_max` largest of the chunks' `k_max` largest."""
     k_max = min(k_max, rows.shape[1])
-    best = chunked(rows).topk(min(k_max, ROW_CHUNK), dim=-1, sorted=False).values.flatten(1)
-    best = best.topk(k_max, dim=-1).values  # sorted, largest first
+    best = (chunk_tops(rows, k_max) if rows.is_cuda else rows).topk(k_max, dim=-1).values  # largest first
     return best.gather(1, k.clamp(1, k_max) - 1).masked_fill(k == 0, float("-inf"))
+
+
+def chunk_tops(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest of each chunk of each row, (B, chunks * k): they hold the row's k largest."""
+    return chunked(rows).topk(min(k, ROW_CHUNK), dim=-1, sorted=False).values.flatten(1)
+
+
+def top_candidates(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k largest entries, largest first, and their columns."""
+    k = min(k, rows.shape[1])
+    if not rows.is_cuda:
+        return rows.topk(k, dim=-1)
+    values, within = chunked(rows).topk(min(k, ROW_CHUNK), dim=-1)
+    columns = within + torch.arange(0, values.shape[1] * ROW_CHUNK, ROW_CHUNK, device=rows.device)[None, :, None]
+    best, where = values.flatten(1).topk(k, dim=-1)
+    return best, columns.flatten(1).gather(1, where)
 
 
 def row_argmax(rows: torch.Tensor) -> torch.Tensor:
     """Each row's first largest entry, (B, 1)."""
+    return chunked_argmax(rows) if rows.is_cuda else rows.argmax(-1, keepdim=True)
+
+
+def chunked_argmax(rows: torch.Tensor) -> torch.Tensor:
+    """`row_argmax` through the chunks' maxima."""
     best, within = chunked(rows).max(-1)
     chunk = best.argmax(-1, keepdim=True)
     return chunk * ROW_CHUNK + within.gather(1, chunk)
@@ -47,11 +70,35 @@ def row_argmax(rows: torch.Tensor) -> torch.Tensor:
 
 def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """The logits with the tokens outside each row's nucleus set to -inf: the smallest set of likeliest
-    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token."""
+    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token.
+
+    The nucleus is looked for among each row's NUCLEUS_CANDIDATES likeliest tokens, a partial sort
+    (a tenth of a full one on a CPU); a row whose candidates hold too little probability is sorted
+    whole. A captured graph cannot choose, so under torch.compile every row is sorted whole."""
+    if torch.compiler.is_compiling() or logits.shape[1] <= NUCLEUS_CANDIDATES:
+        return sorted_nucleus(logits, top_p)
+    best, order = logits.topk(NUCLEUS_CANDIDATES, dim=-1)
+    probs = (best - logits.logsumexp(-1, keepdim=True)).exp()
+    before = probs.cumsum(-1) - probs
+    kept = torch.full_like(logits, float("-inf")).scatter(1, order, best.masked_fill(before > top_p, float("-inf")))
+    short = torch.nonzero((before[:, -1:] + probs[:, -1:] <= top_p)[:, 0] & (top_p[:, 0] < 1)).flatten()
+    if short.numel():  # the nucleus may reach past the candidates
+        kept = kept.index_copy(0, short, sorted_nucleus(logits[short], top_p[short]))
+    return kept.where(top_p < 1, logits)
+
+
+def sorted_nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`nucleus` by a full sort of each row."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     sorted_probs = sorted_logits.softmax(-1)
     outside = (sorted_probs.cumsum(-1) - sorted_probs > top_p) & (top_p < 1)
     return logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
+
+
+def exponential_noise(noise: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Fill `noise` with Exp(1) draws, as -log U: on a CPU a seventh of `exponential_`'s time, which
+    was most of a small model's decoding step."""
+    return noise.uniform_(generator=generator).log_().neg_()
 
 
 class Sampler:
@@ -62,6 +109,9 @@ class Sampler:
     p_i / E_i is token i with probability p_i. Unlike torch.multinomial it has no data-dependent
     step, so the whole decode step, sampling included, fits in one CUDA graph. It is run in log
     space, argmax logit_i - log E_i, where the softmax cancels out.
+
+    When every row keeps the same top k, the race runs among those k candidates only (k noise
+    draws a row instead of one per vocabulary entry), which on a CPU was most of a step's sampling.
     """
 
     def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor):
@@ -84,39 +134,55 @@ class Sampler:
         self.top_p[row], self.penalty[row] = 1.0 if top_p is None else top_p, repetition_penalty
         self.settings_changed()
 
-    def row(self, row: int) -> Sampler:
-        """The sampler of one row, as a batch of one."""
-        return Sampler(*(t[row:row + 1] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
+    def subset(self, rows: list[int]) -> Sampler:
+        """The sampler of some of the rows, as a batch of their own."""
+        return Sampler(*(t[rows] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
 
     def settings_changed(self) -> None:
         """Read which filters any row uses, once per change of settings, never in a decode step."""
         self.k_max = int(self.top_k.max())
-        self.uses_top_p = bool((self.top_p < 1).any())
+        self.candidates = bool((self.top_k == self.k_max).all()) and self.k_max > 0
+        self.top_p_rows = torch.nonzero(self.top_p[:, 0] < 1).flatten()
+        self.uses_top_p, self.all_top_p = bool(self.top_p_rows.numel()), bool((self.top_p < 1).all())
         self.uses_penalty = bool((self.penalty != 1).any())
         self.greedy = self.temperature == 0
         self.all_greedy = bool(self.greedy.all())
 
-    def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
-        """Logits (B, V) whose softmax is each row's next-token distribution: repeats penalised,
-        divided by the temperature, the tokens that top-k and top-p leave out at -inf."""
+    def width(self, vocab: int) -> int:
+        """Noise draws a row needs per step: one per candidate, or one per vocabulary entry."""
+        return min(self.k_max, vocab) if self.candidates else vocab
+
+    def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores whose softmax is each row's next-token distribution (repeats penalised, divided by
+        the temperature, what top-k and top-p leave out at -inf), and each column's token: the
+        candidates' (B, k), largest first, or None when the columns are the vocabulary (B, V)."""
         if self.uses_penalty:
             logits = penalise_repeats(logits, seen, self.penalty)
-        logits = logits / torch.where(self.greedy, 1.0, self.temperature)
-        if self.k_max:
+        ids = None
+        if self.candidates:
+            logits, ids = top_candidates(logits, self.k_max)
+        elif self.k_max:
             logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
-        if self.uses_top_p:
+        logits = logits / torch.where(self.greedy, 1.0, self.temperature)
+        if self.all_top_p:
             logits = nucleus(logits, self.top_p)
-        return logits
+        elif self.uses_top_p:  # its sort costs a row's worth each: only the rows that ask for it
+            rows = self.top_p_rows
+            logits = logits.index_copy(0, rows, nucleus(logits[rows], self.top_p[rows]))
+        return logits, ids
 
-    def pick(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Each row's next token (B, 1) from `distribution`'s logits: the likeliest for a greedy row,
-        else the winner of the race against `noise` (unread for a greedy row)."""
+    def choose(self, scores: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Each row's column (B, 1) of `distribution`'s scores: the likeliest for a greedy row, else
+        the winner of the race against `noise` (its first `width` columns; unread when greedy)."""
         if self.all_greedy:
-            return row_argmax(logits)
-        return row_argmax(torch.where(self.greedy, logits, logits - noise.log()))
+            return row_argmax(scores)
+        return row_argmax(torch.where(self.greedy, scores, scores - noise[:, :scores.shape[1]].log()))
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
-        return self.pick(self.distribution(logits, seen), noise)
+        """Each row's next token (B, 1)."""
+        scores, ids = self.distribution(logits, seen)
+        column = self.choose(scores, noise)
+        return column if ids is None else ids.gather(1, column)
 
 
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
@@ -150,7 +216,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    noise = torch.empty(batch, vocab, device=ids.device)
+    noise = torch.empty(batch, sampler.width(vocab), device=ids.device)
     out = torch.full((batch, max_new_tokens), EOT, dtype=ids.dtype, device=ids.device)
     token = torch.empty(batch, 1, dtype=ids.dtype, device=ids.device)  # the step's input, at one address
     cache = model.new_cache(batch, cache_size(ids.shape[1] + max_new_tokens, block))
@@ -162,7 +228,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
                 torch._dynamo.mark_static_address(tensor)
 
     def fresh_noise() -> torch.Tensor:
-        return noise if temperature == 0 else noise.exponential_(generator=generator)  # greedy needs none
+        return noise if temperature == 0 else exponential_noise(noise, generator)  # greedy needs none
 
     def prefill(context: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The token after `context`, from a cache refilled with it, and the cache's length."""
@@ -210,20 +276,12 @@ def sample_text(model: torch.nn.Module, prompt: str, max_new_tokens: int = 64, t
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([enc.encode_ordinary(prompt)], device=device)
-    pending: list[int] = []
+    text = codecs.getincrementaldecoder("utf-8")("replace")  # a character can span several tokens
 
     def emit(token: torch.Tensor) -> None:
-        # a character can span several byte-level tokens: emit once the bytes decode cleanly
         value = token.item()
-        if value == EOT:
-            return
-        pending.append(value)
-        try:
-            text = enc.decode_bytes(pending).decode("utf-8")
-        except UnicodeDecodeError:
-            return  # wait for the rest of the character
-        stream(text)
-        pending.clear()
+        if value != EOT and (piece := text.decode(enc.decode_bytes([value]))):
+            stream(piece)
 
     if stream:
         stream(prompt)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import compiled_decoding, cosine_with_warmup, inference_device, inference_dtype, load_gpt
-from model.sample import (Sampler, cache_size, generate, kth_largest, penalise_repeats, row_argmax,
-                          sample_text)
+from model.sample import (Sampler, cache_size, chunk_tops, chunked_argmax, exponential_noise, generate, kth_largest,
+                          nucleus, penalise_repeats, sample_text, sorted_nucleus)
 from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -221,13 +221,23 @@ def test_generation_past_the_context_keeps_going(gpt):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    probs = Sampler.alike(1, "cpu", 1.0, None, 0.75, 1.0).distribution(logits, None).softmax(-1)
+    probs = Sampler.alike(1, "cpu", 1.0, None, 0.75, 1.0).distribution(logits, None)[0].softmax(-1)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+
+
+def test_top_p_among_the_likeliest_candidates_equals_a_full_sort():
+    torch.manual_seed(0)
+    top_p = torch.tensor([[0.9], [0.5], [1.0], [0.99], [0.1]])
+    for scale in (0.5, 3, 8, 20):  # flat rows need the full sort, peaked ones not
+        logits = torch.randn(5, 50257) * scale
+        assert torch.equal(nucleus(logits, top_p), sorted_nucleus(logits, top_p))
 
 
 def test_chunked_row_reductions_agree_with_torch():
     rows = torch.randn(3, 1300).round(decimals=1)  # many ties, and a last chunk that needs padding
-    assert torch.equal(row_argmax(rows), rows.argmax(-1, keepdim=True))
+    assert torch.equal(chunked_argmax(rows), rows.argmax(-1, keepdim=True))  # the GPU's way, checked here
+    for k in (1, 40, 600, 1300):
+        assert torch.equal(chunk_tops(rows, k).topk(k).values, rows.topk(k).values)
     for k in (1, 40, 600, 1300, 5000):
         assert torch.equal(kth_largest(rows, torch.full((3, 1), k), k), rows.topk(min(k, 1300)).values[:, -1:])
     ks = torch.tensor([[0], [3], [1300]])  # a k per row; 0: no limit
@@ -251,7 +261,7 @@ def test_exponential_race_samples_the_distribution():
     """10,000 draws of one row of probabilities, the way generate draws them."""
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     generator = torch.Generator().manual_seed(0)
-    noise = torch.empty(10_000, 5).exponential_(generator=generator)
+    noise = exponential_noise(torch.empty(10_000, 5), generator)
     picks = Sampler.alike(10_000, "cpu", 1.0, None, None, 1.0)(probs.log().expand(10_000, 5), None, noise)
     frequencies = torch.bincount(picks[:, 0], minlength=5) / 10_000
     assert torch.allclose(frequencies, probs, atol=0.015) and frequencies[4] == 0

@@ -1,0 +1,109 @@
+"""`make bench-playground`: the playground's continuous batch beside the command line's decoding.
+
+Eight requests with different prompts, lengths and sampling settings arrive `stagger_ms` apart and
+are decoded together (`model.batching`, 8 rows); the anchor is the same eight generated one after
+another by `make generate`'s path (`model.sample.generate`, batch 1), in the same run. Goal: the
+batch's aggregate tokens/s at least 3x the anchor's.
+
+    python -m bench.playground [checkpoint=PATH | model=gpt2] [stagger_ms=50] [device=auto]
+Default: the demo's checkpoint (`make demo` writes it); `model=NAME` uses random weights of that
+size instead (e.g. gpt2 on a GPU, where no checkpoint is at hand).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import torch
+
+from flows.common import checkpoint_path, load_config
+from model import GPT, GPTConfig
+from model.batching import BatchedGenerator, Request
+from model.bpe import gpt2_encoding
+from model.lit import inference_device, inference_dtype, load_gpt
+from model.sample import generate, tokens_until_all_ended
+
+REQUESTS = [
+    ("The city council voted on Tuesday to", dict(max_new_tokens=128, temperature=0.8, top_k=40)),
+    ("Scientists have found that", dict(max_new_tokens=160, temperature=1.0, top_p=0.9, top_k=None)),
+    ("In a surprise move, the company", dict(max_new_tokens=96, temperature=0.7, top_k=20)),
+    ("The best way to learn a language is", dict(max_new_tokens=144, temperature=0.9, repetition_penalty=1.2)),
+    ("Recycling is good for the world.", dict(max_new_tokens=104, temperature=0)),
+    ("Here is a recipe for", dict(max_new_tokens=152, temperature=1.1, top_k=50, top_p=0.95)),
+    ("The match ended with", dict(max_new_tokens=112, temperature=0.6, top_k=10)),
+    ("According to the report,", dict(max_new_tokens=136, temperature=0.8, top_k=40, repetition_penalty=1.1)),
+]
+
+
+def load(options: dict[str, str]) -> GPT:
+    device = options.get("device", "auto")
+    if "model" in options:
+        torch.manual_seed(0)
+        settings = load_config([f"model={options['model']}"])["model"]
+        target = inference_device(device)
+        return GPT(GPTConfig.from_settings(settings, padded_vocab_size=50257)).to(
+            target, inference_dtype("auto", target)).eval()
+    cfg = load_config([f"checkpoint={options['checkpoint']}"] if "checkpoint" in options else [])
+    return load_gpt(checkpoint_path(cfg), device, "auto")
+
+
+def one_after_another(model: GPT) -> tuple[float, int]:
+    """Seconds and new tokens for the requests generated one by one, as `make generate` does."""
+    enc, device, tokens = gpt2_encoding(), next(model.parameters()).device, 0
+    start = time.perf_counter()
+    for seed, (prompt, settings) in enumerate(REQUESTS):
+        s = {"temperature": 0.8, "top_k": 40, "top_p": None, "repetition_penalty": 1.0} | settings
+        ids = torch.tensor([enc.encode_ordinary(prompt)], device=device)
+        out = generate(model, ids, s["max_new_tokens"], s["temperature"], s["top_k"], s["top_p"],
+                       s["repetition_penalty"], torch.Generator(device).manual_seed(seed))
+        tokens += tokens_until_all_ended(out[:, ids.shape[1]:]) if out.shape[1] > ids.shape[1] else 0
+    return time.perf_counter() - start, tokens
+
+
+def batched(model: GPT, stagger_s: float) -> tuple[float, int, list[dict]]:
+    """Seconds from the first arrival to the last answer, new tokens, and each request's figures,
+    for the requests arriving `stagger_s` apart at one continuous batch."""
+    engine, finished, results = BatchedGenerator(model, rows=len(REQUESTS)), threading.Semaphore(0), []
+
+    def on_event(event: dict) -> None:
+        if event["type"] in ("done", "error"):
+            results.append(event)
+            finished.release()
+
+    start = time.perf_counter()
+    for seed, (prompt, settings) in enumerate(REQUESTS):
+        engine.submit(Request(prompt, on_event=on_event, seed=seed, **settings))
+        time.sleep(stagger_s)
+    for _ in REQUESTS:
+        finished.acquire()
+    errors = [r["message"] for r in results if r["type"] == "error"]
+    if errors:
+        raise SystemExit(f"error: a request failed: {errors[0]}")
+    return time.perf_counter() - start, sum(r["tokens"] for r in results), results
+
+
+def main(args: list[str]) -> None:
+    options = dict(a.split("=", 1) for a in args)
+    model = load(options)
+    stagger = float(options.get("stagger_ms", 50)) / 1000
+    generate(model, torch.tensor([[50256]], device=next(model.parameters()).device), 8)  # warm-up
+    batched(model, 0)
+    seq_s, seq_tokens = one_after_another(model)
+    batch_s, batch_tokens, results = batched(model, stagger)
+    seq_rate, batch_rate = seq_tokens / seq_s, batch_tokens / batch_s
+    ttft = sorted(r["time_to_first_token_s"] for r in results)
+    print(f"{len(REQUESTS)} requests, {stagger * 1000:.0f} ms apart, on {next(model.parameters()).device} "
+          f"({model.num_params() / 1e6:.1f}M parameters)")
+    print(f"  one after another (make generate's path): {seq_tokens} tokens in {seq_s:.2f} s = {seq_rate:,.1f} tokens/s")
+    print(f"  continuous batch (make playground):       {batch_tokens} tokens in {batch_s:.2f} s = {batch_rate:,.1f} tokens/s")
+    print(f"  ratio {batch_rate / seq_rate:.2f}x (goal >= 3x); time to first token median "
+          f"{1000 * ttft[len(ttft) // 2]:.0f} ms, worst {1000 * ttft[-1]:.0f} ms")
+    print(json.dumps({"bench": "playground", "requests": len(REQUESTS), "stagger_ms": stagger * 1000,
+                      "sequential_tokens_per_s": round(seq_rate, 1), "batched_tokens_per_s": round(batch_rate, 1),
+                      "ratio": round(batch_rate / seq_rate, 2), "ttft_median_s": ttft[len(ttft) // 2]}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,222 @@
+"""Continuous batching for the playground: many sampling requests decoded together, one token per
+request per step, each request with its own settings, position and seeded generator.
+
+A request joins as soon as a row of the batch is free: its prompt is run alone (the prefill), its
+keys and values are copied into its row of the batch's KV cache, and from then on every decode
+step advances all rows at once. A request leaves when it ends (<|endoftext|> or its token budget),
+and its row takes the next request. The batch always has the same number of rows, finished or
+not, so every matrix product has the same shape and a row's numbers never depend on its
+neighbours: a request's text is the same alone or batched, for the same seed.
+"""
+from __future__ import annotations
+
+import codecs
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from model.bpe import EOT, gpt2_encoding
+from model.sample import Sampler, exponential_noise
+
+ALTERNATIVES = 5  # the likeliest tokens shown beside each sampled one
+
+
+@dataclass
+class Request:
+    """One prompt to continue, with its sampling settings. `on_event` receives, from the decoding
+    thread, a `token` event per piece of text and one `done` (or `error`) event at the end."""
+
+    prompt: str
+    max_new_tokens: int
+    on_event: Callable[[dict[str, Any]], None]
+    temperature: float = 0.8
+    top_k: int | None = 40
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by the caller when nobody reads the events any more
+
+
+@dataclass
+class Row:
+    """A request being decoded: its generator, its tokens so far, bytes waiting to form a character."""
+
+    request: Request
+    generator: torch.Generator
+    tokens: list[int]
+    prompt_tokens: int
+    cached: int = 0  # positions of its row of the batch's KV cache written so far
+    text: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    pending: bool = False  # bytes of a character still incomplete
+    pending_p: float = 1.0
+    pending_alternatives: list[tuple[str, float]] = field(default_factory=list)
+    first_token_at: float | None = None
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_tokens
+
+
+class BatchedGenerator:
+    """A decoding thread over a fixed batch of `rows` rows of one model. `submit` queues a request."""
+
+    def __init__(self, model: torch.nn.Module, rows: int = 8):
+        self.model, self.rows = model.eval(), rows
+        self.device = next(model.parameters()).device
+        self.enc = gpt2_encoding()
+        self.block = model.config.block_size
+        self.cache = model.new_cache(rows, self.block)
+        self.cache.make_static()
+        self.sampler = Sampler.alike(rows, self.device, 1.0, None, None, 1.0)
+        self.seen = torch.zeros(rows, model.config.vocab_size, dtype=torch.bool, device=self.device)
+        self.noise = torch.ones(rows, model.config.vocab_size, device=self.device)
+        self.token = torch.full((rows, 1), EOT, dtype=torch.long, device=self.device)
+        self.active: list[Row | None] = [None] * rows
+        self.samplers: dict[tuple[int, ...], Sampler] = {}  # of groups of rows, while their requests last
+        self.waiting: queue.Queue[Request] = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="playground-decoder", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: Request) -> None:
+        self.waiting.put(request)
+
+    def _loop(self) -> None:
+        while True:
+            self._admit(block=not any(self.active))
+            if any(self.active):
+                try:
+                    self._step()
+                except Exception as err:  # say so to every request in the batch, and go on serving
+                    for row, state in enumerate(self.active):
+                        if state is not None:
+                            self._release(row)
+                            state.request.on_event({"type": "error", "message": str(err)})
+
+    def _admit(self, block: bool) -> None:
+        """Give each free row a waiting request (waiting for one when the batch is empty)."""
+        for row in range(self.rows):
+            if self.active[row] is not None:
+                continue
+            try:
+                request = self.waiting.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if request.cancelled:
+                continue
+            try:
+                self._start(row, request)
+            except Exception as err:  # a request that cannot start must not stop the others
+                self._release(row)
+                request.on_event({"type": "error", "message": str(err)})
+
+    @torch.no_grad()
+    def _start(self, row: int, request: Request) -> None:
+        ids = self.enc.encode_ordinary(request.prompt) or [EOT]  # an empty prompt starts a new document
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        self.sampler.set_row(row, request.temperature, request.top_k, request.top_p, request.repetition_penalty)
+        self.samplers.clear()
+        self.seen[row] = False
+        self.seen[row, ids] = True
+        state = Row(request, generator, list(ids), len(ids))
+        self.active[row] = state
+        self._prefill(row, ids[-self.block:])
+
+    def _prefill(self, row: int, context: list[int]) -> None:
+        """Run `context` alone into a cache of one row, copy it into the batch's cache at `row`, and
+        draw the row's next token from its last position."""
+        single = self.model.new_cache(1, self.block)
+        logits = self.model(torch.tensor([context], device=self.device), single)[:, -1, :].float()
+        for batch_kv, row_kv in zip(self.cache.kv, single.kv):
+            batch_kv[:, row] = row_kv[:, 0]
+        self.cache.position[row] = self.active[row].cached = len(context)
+        self._emit(row, *self._draw([row], logits)[0])
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """One token for every row: refill the cache of rows whose context is full, then decode."""
+        for row, state in enumerate(self.active):
+            if state is not None and state.request.cancelled:
+                self._release(row)
+            elif state is not None and state.cached == self.block:
+                self._prefill(row, state.tokens[-self.block // 2:])
+        free = [row for row, state in enumerate(self.active) if state is None]
+        if free:
+            self.cache.position[free] = 0  # a free row never runs out of cache
+        logits = self.model(self.token, self.cache)[:, -1, :].float()
+        groups = defaultdict(list)  # rows of the same top-k race among the same number of candidates
+        for row, state in enumerate(self.active):
+            if state is not None:
+                state.cached += 1
+                groups[state.request.top_k or 0].append(row)
+        for group in groups.values():
+            for row, drawn in zip(group, self._draw(group, logits[group])):
+                self._emit(row, *drawn)
+
+    def _draw(self, rows: list[int], logits: torch.Tensor) -> list[tuple[float, list[float], list[int]]]:
+        """Sample the next token of the batch's `rows`, whose logits these are, into `self.token`;
+        for each row, the token's probability and the likeliest alternatives with theirs. Rows are
+        sampled independently, each request's noise from its own generator, as if it were alone."""
+        if tuple(rows) not in self.samplers:  # settings change only as requests come and go
+            self.samplers[tuple(rows)] = self.sampler.subset(rows)
+        sampler = self.samplers[tuple(rows)]
+        width = sampler.width(logits.shape[1])
+        for row in rows:
+            if self.active[row].request.temperature != 0:
+                exponential_noise(self.noise[row, :width], self.active[row].generator)
+        scores, ids = sampler.distribution(logits, self.seen[rows] if sampler.uses_penalty else None)
+        column = sampler.choose(scores, self.noise[rows, :width])
+        self.token[rows] = column if ids is None else ids.gather(1, column)
+        probs = scores.softmax(-1)
+        if ids is None:
+            top_p, top_ids = probs.topk(ALTERNATIVES, dim=-1)
+        else:  # the candidates come largest first
+            top_p, top_ids = probs[:, :ALTERNATIVES], ids[:, :ALTERNATIVES]
+        return list(zip(probs.gather(1, column)[:, 0].tolist(), top_p.tolist(), top_ids.tolist()))
+
+    def _emit(self, row: int, p: float, top_p: list[float], top_ids: list[int]) -> None:
+        """Hand the row's new token to its request (text once its bytes form whole characters, with
+        its probability and the alternatives), and end the request at <|endoftext|> or its budget."""
+        state, token, now = self.active[row], int(self.token[row, 0]), time.perf_counter()
+        state.first_token_at = state.first_token_at or now
+        state.tokens.append(token)
+        self.seen[row, token] = True
+        if token != EOT:
+            if not state.pending:
+                state.pending_alternatives = [(self.enc.decode_bytes([t]).decode("utf-8", "replace"), round(q, 4))
+                                              for q, t in zip(top_p, top_ids)]
+            state.pending_p *= p
+            text = state.text.decode(self.enc.decode_bytes([token]))  # a character may span tokens
+            state.pending = not text
+            if text:
+                state.request.on_event({"type": "token", "text": text, "p": round(state.pending_p, 4),
+                                        "alternatives": state.pending_alternatives})
+                state.pending_p = 1.0
+        if token == EOT or state.generated >= state.request.max_new_tokens:
+            self._finish(row, now)
+
+    def _release(self, row: int) -> Row:
+        """Free a row; returns the request state it held."""
+        state, self.active[row] = self.active[row], None
+        self.samplers.clear()
+        return state
+
+    def _finish(self, row: int, now: float) -> None:
+        state = self._release(row)
+        if tail := state.text.decode(b"", final=True):  # a character cut off by the token budget
+            state.request.on_event({"type": "token", "text": tail, "p": round(state.pending_p, 4),
+                                    "alternatives": state.pending_alternatives})
+        new = state.tokens[state.prompt_tokens:]
+        decoding = now - state.first_token_at
+        state.request.on_event({
+            "type": "done", "tokens": len(new), "text": self.enc.decode([t for t in new if t != EOT]),
+            "time_to_first_token_s": round(state.first_token_at - state.request.submitted, 4),
+            "tokens_per_s": round((len(new) - 1) / decoding, 1) if len(new) > 1 and decoding > 0 else None})
+

@@ -1,0 +1,150 @@
+"""The sampling playground: the continuous batch, its HTTP stream, and the page in a real browser."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from flows.common import load_config
+from flows.playground import build_app
+from model.batching import BatchedGenerator, Request
+from model.gpt import GPT, GPTConfig
+from model.sample import sample_text
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REQUESTS = [  # different prompts, lengths and settings; the first runs past the 64-token context
+    ("Hello there", dict(max_new_tokens=80, seed=1, temperature=0.9, top_k=40)),
+    ("The cat", dict(max_new_tokens=30, seed=2, temperature=0, repetition_penalty=1.3)),
+    ("Über alles", dict(max_new_tokens=50, seed=3, temperature=1.0, top_k=None, top_p=0.9)),
+    ("A", dict(max_new_tokens=20, seed=4)),
+    ("Six", dict(max_new_tokens=40, seed=5, temperature=1.2, top_p=0.5, top_k=5)),
+]
+
+
+def tiny_gpt(seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=64, n_layer=2, n_head=4, n_embd=64, vocab_size=50257,
+                         padded_vocab_size=50257)).eval()
+
+
+def run(engine: BatchedGenerator, requests: list[tuple[str, dict]], stagger_s: float = 0.002) -> list[list[dict]]:
+    """Submit the requests a little apart and collect each one's events until all are done."""
+    events: list[list[dict]] = [[] for _ in requests]
+    finished = threading.Semaphore(0)
+
+    def collector(i: int):
+        def on_event(event: dict) -> None:
+            events[i].append(event)
+            if event["type"] in ("done", "error"):
+                finished.release()
+        return on_event
+
+    for i, (prompt, settings) in enumerate(requests):
+        engine.submit(Request(prompt, on_event=collector(i), **settings))
+        time.sleep(stagger_s)
+    for _ in requests:
+        assert finished.acquire(timeout=120)
+    return events
+
+
+def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli():
+    model = tiny_gpt(0)
+    engine = BatchedGenerator(model, rows=4)  # five requests for four rows: one waits for a free row
+    batched = run(engine, REQUESTS)
+    for (prompt, settings), together in zip(REQUESTS, batched):
+        [alone] = run(engine, [(prompt, settings)])
+        assert together[-1]["type"] == alone[-1]["type"] == "done"
+        assert together[-1]["text"] == alone[-1]["text"]
+        assert "".join(e["text"] for e in together if e["type"] == "token") == together[-1]["text"]
+        cli = sample_text(model, prompt, settings["max_new_tokens"], settings.get("temperature", 0.8),
+                          settings.get("top_k", 40), settings["seed"], settings.get("top_p"),
+                          settings.get("repetition_penalty", 1.0))
+        assert cli == prompt + alone[-1]["text"]  # one sampler for the command line and the page
+    assert [e[-1]["tokens"] for e in batched][0] == 80  # past the context, as the command line goes on
+    token = next(e for e in batched[0] if e["type"] == "token")
+    assert 0 < token["p"] <= 1 and len(token["alternatives"]) == 5
+
+
+@contextmanager
+def served(app):
+    """The app on a free loopback port, in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def playground(tmp_path):
+    for seed, name in ((0, "first"), (1, "second")):
+        tiny_gpt(seed).to_hf(str(tmp_path / name))
+    cfg = load_config([f"checkpoint={tmp_path / 'first'}", f"playground.compare={tmp_path / 'second'}",
+                       "device=cpu", "playground.max_new_tokens=400", "prompt=Once upon a time"])
+    with served(build_app(cfg)) as url:
+        yield url
+
+
+def test_the_stream_carries_tokens_then_the_figures_and_bad_values_get_one_line(playground):
+    body = {"prompt": "Hello", "max_new_tokens": 12, "temperature": 0.8, "top_k": 40, "top_p": None,
+            "repetition_penalty": 1.0, "seed": 3, "model": "second"}
+    with httpx.stream("POST", f"{playground}/api/generate", json=body, timeout=60) as response:
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert [e["type"] for e in events][-1] == "done" and events[-1]["tokens"] == 12
+    assert events[-1]["time_to_first_token_s"] > 0 and events[-1]["tokens_per_s"] > 0
+    bad = httpx.post(f"{playground}/api/generate", json={**body, "top_p": 2}, timeout=10)
+    assert bad.status_code == 422 and bad.json() == {"error": "top_p=2: Input should be less than or equal to 1"}
+    long = httpx.post(f"{playground}/api/generate", json={**body, "max_new_tokens": 5000}, timeout=10)
+    assert "at most 400 here (playground.max_new_tokens)" in long.json()["error"]
+    unknown = httpx.post(f"{playground}/api/generate", json={**body, "model": "third"}, timeout=10)
+    assert unknown.json()["error"] == "model=third: not served here (one of first, second)"
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no Chromium: `make test` installs Debian's chromium package when it runs "
+                                         "as root with apt-get; elsewhere install it to run this test")
+def test_the_page_streams_text_side_by_side_and_shows_a_bad_value(playground, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(playground)
+        assert page.locator(".pane h3").all_inner_texts() == ["first", "second"]
+        page.fill("#prompt", "The history of the city")
+        page.fill("#max_new_tokens", "400")
+        page.click("#generate")
+        first = page.locator(".pane").first
+        page.wait_for_function("document.querySelectorAll('.pane')[0].querySelectorAll('.tok').length > 3")
+        early = first.locator(".tok").count()
+        assert "done" not in first.locator(".stats").inner_text()  # still streaming
+        page.wait_for_function("[...document.querySelectorAll('.stats')].every(s => s.textContent.includes('done'))",
+                               timeout=120_000)
+        assert first.locator(".tok").count() > early  # the text grew while we watched
+        for stats in page.locator(".stats").all_inner_texts():
+            assert "tokens/s · first token" in stats and float(stats.split(" tokens/s")[0]) > 0
+        assert first.locator(".tok").first.get_attribute("title").startswith("p = ")
+        assert first.locator(".text").inner_text().startswith("The history of the city")
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        page.fill("#top_p", "2")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert page.inner_text("#error") == "top_p=2: Input should be less than or equal to 1"
+        browser.close()
