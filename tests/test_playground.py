@@ -140,7 +140,9 @@ def test_the_page_streams_text_side_by_side_and_shows_a_bad_value(playground, tm
         assert first.locator(".tok").count() > early  # the text grew while we watched
         for stats in page.locator(".stats").all_inner_texts():
             assert "tokens/s · first token" in stats and float(stats.split(" tokens/s")[0]) > 0
-        assert first.locator(".tok").first.get_attribute("title").startswith("p = ")
+        first.locator(".tok").nth(2).hover()
+        assert page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("p = ")
+        assert len(page.inner_text("#tip").splitlines()) == 6  # its probability, then five alternatives
         assert first.locator(".text").inner_text().startswith("The history of the city")
         page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
         page.fill("#top_p", "2")
