@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from model.bpe import EOT, gpt2_encoding
-from model.sample import Sampler, exponential_noise
+from model.sample import CANDIDATES, Sampler, exponential_noise
 
 ALTERNATIVES = 5  # the likeliest tokens shown beside each sampled one
 
@@ -151,11 +151,11 @@ class BatchedGenerator:
         if free:
             self.cache.position[free] = 0  # a free row never runs out of cache
         logits = self.model(self.token, self.cache)[:, -1, :].float()
-        groups = defaultdict(list)  # rows of the same top-k race among the same number of candidates
+        groups = defaultdict(list)  # rows that race among the likeliest candidates, and the others
         for row, state in enumerate(self.active):
             if state is not None:
                 state.cached += 1
-                groups[state.request.top_k or 0].append(row)
+                groups[0 < (state.request.top_k or 0) <= CANDIDATES].append(row)
         for group in groups.values():
             for row, drawn in zip(group, self._draw(group, logits[group])):
                 self._emit(row, *drawn)

@@ -13,7 +13,7 @@ from model.bpe import EOT, gpt2_encoding
 DONE_CHECK_EVERY = 16  # steps between looks at "has every row ended?", each one a wait for the device
 ROW_CHUNK = 512  # entries per chunk when a row of logits is reduced in two stages
 SMALLEST_CACHE = 128  # positions; caches come in powers of two from here up to the context
-NUCLEUS_CANDIDATES = 256  # top-p looks among this many likeliest tokens first
+CANDIDATES = 256  # top-k up to this many, and top-p first, look among this many likeliest tokens
 
 
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor) -> torch.Tensor:
@@ -72,12 +72,12 @@ def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """The logits with the tokens outside each row's nucleus set to -inf: the smallest set of likeliest
     tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token.
 
-    The nucleus is looked for among each row's NUCLEUS_CANDIDATES likeliest tokens, a partial sort
+    The nucleus is looked for among each row's CANDIDATES likeliest tokens, a partial sort
     (a tenth of a full one on a CPU); a row whose candidates hold too little probability is sorted
     whole. A captured graph cannot choose, so under torch.compile every row is sorted whole."""
-    if torch.compiler.is_compiling() or logits.shape[1] <= NUCLEUS_CANDIDATES:
+    if torch.compiler.is_compiling() or logits.shape[1] <= CANDIDATES:
         return sorted_nucleus(logits, top_p)
-    best, order = logits.topk(NUCLEUS_CANDIDATES, dim=-1)
+    best, order = logits.topk(CANDIDATES, dim=-1)
     probs = (best - logits.logsumexp(-1, keepdim=True)).exp()
     before = probs.cumsum(-1) - probs
     kept = torch.full_like(logits, float("-inf")).scatter(1, order, best.masked_fill(before > top_p, float("-inf")))
@@ -110,8 +110,10 @@ class Sampler:
     step, so the whole decode step, sampling included, fits in one CUDA graph. It is run in log
     space, argmax logit_i - log E_i, where the softmax cancels out.
 
-    When every row keeps the same top k, the race runs among those k candidates only (k noise
-    draws a row instead of one per vocabulary entry), which on a CPU was most of a step's sampling.
+    When every row keeps a top k of at most CANDIDATES, the race runs among each row's CANDIDATES
+    likeliest tokens, those past its k masked (CANDIDATES noise draws a row instead of one per
+    vocabulary entry: on a CPU that was most of a step's sampling). The width is the same whatever
+    the k, so rows with different k sample alike alone or together.
     """
 
     def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor):
@@ -141,7 +143,7 @@ class Sampler:
     def settings_changed(self) -> None:
         """Read which filters any row uses, once per change of settings, never in a decode step."""
         self.k_max = int(self.top_k.max())
-        self.candidates = bool((self.top_k == self.k_max).all()) and self.k_max > 0
+        self.candidates = bool(((self.top_k > 0) & (self.top_k <= CANDIDATES)).all())
         self.top_p_rows = torch.nonzero(self.top_p[:, 0] < 1).flatten()
         self.uses_top_p, self.all_top_p = bool(self.top_p_rows.numel()), bool((self.top_p < 1).all())
         self.uses_penalty = bool((self.penalty != 1).any())
@@ -150,7 +152,7 @@ class Sampler:
 
     def width(self, vocab: int) -> int:
         """Noise draws a row needs per step: one per candidate, or one per vocabulary entry."""
-        return min(self.k_max, vocab) if self.candidates else vocab
+        return min(CANDIDATES, vocab) if self.candidates else vocab
 
     def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores whose softmax is each row's next-token distribution (repeats penalised, divided by
@@ -160,7 +162,9 @@ class Sampler:
             logits = penalise_repeats(logits, seen, self.penalty)
         ids = None
         if self.candidates:
-            logits, ids = top_candidates(logits, self.k_max)
+            logits, ids = top_candidates(logits, CANDIDATES)
+            columns = torch.arange(logits.shape[1], device=logits.device)
+            logits = logits.masked_fill(columns >= self.top_k, float("-inf"))
         elif self.k_max:
             logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
         logits = logits / torch.where(self.greedy, 1.0, self.temperature)
