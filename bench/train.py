@@ -24,6 +24,7 @@ from model.lit import GPTLightning
 from model.train import accumulation, make_trainer
 
 WARMUP_STEPS = 8
+OPENWEBTEXT_TOKENS = 9e9  # GPT-2 tokens in OpenWebText: what one epoch of the seed's corpus costs
 
 
 class StepTimer(pl.Callback):
@@ -63,6 +64,12 @@ def main(args: list[str]) -> None:
               "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None}
     if tr["peak_flops"]:
         result["mfu"] = round(tokens_per_s * module.model.flops_per_token() / tr["peak_flops"], 3)
+    devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    result["owt_wall_h"] = round(OPENWEBTEXT_TOKENS / tokens_per_s / 3600, 1)  # one pass at this rate
+    result["owt_gpu_h"] = round(result["owt_wall_h"] * devices, 1) if torch.cuda.is_available() else None
+    print(f"{cfg['model']['name']} on OpenWebText's ~{OPENWEBTEXT_TOKENS / 1e9:.0f}B tokens at {tokens_per_s:,.0f} tokens/s: "
+          f"{result['owt_wall_h']:,} h" + (f", {result['owt_gpu_h']:,} GPU-hours" if result["owt_gpu_h"] else ""),
+          file=sys.stderr)
     print(json.dumps(result), flush=True)
 
 

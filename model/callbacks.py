@@ -21,7 +21,8 @@ def stepped(trainer: pl.Trainer, batch_idx: int) -> bool:
 
 class StepProgress(ProgressBar):
     """One bar over optimizer steps, shown from the first one: step / max_steps, loss, tokens/s, ETA.
-    A resumed run starts at its step; validation runs without a bar of its own.
+    A resumed run starts at its step; validation runs without a bar of its own. The loss and rate
+    shown are refreshed every `log_every_n_steps`, as logged: never a wait for the GPU each step.
 
     Lightning's own bar counts batches per epoch, which on a step-bounded run of one endless epoch
     reads "Epoch 0/-2" and says nothing about how far the run has gone.
@@ -48,11 +49,14 @@ class StepProgress(ProgressBar):
         if self.bar is None or not stepped(trainer, batch_idx):
             return
         self.bar.set_description("train", refresh=False)
-        rate = self.bar.format_dict.get("rate")
-        loss = trainer.callback_metrics.get("train/loss")
-        self.bar.set_postfix({"loss": f"{float(loss):.3f}" if loss is not None else "-",
-                              "tok/s": f"{rate * self.tokens_per_step:,.0f}" if rate else "-"}, refresh=False)
-        self.bar.update(trainer.global_step - self.bar.n)
+        step = trainer.global_step
+        if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps or self.bar.n == self.bar.initial:
+            # the loss lives on the GPU: reading it waits for the step, so only as often as it is logged
+            rate = self.bar.format_dict.get("rate")
+            loss = trainer.callback_metrics.get("train/loss")
+            self.bar.set_postfix({"loss": f"{float(loss):.3f}" if loss is not None else "-",
+                                  "tok/s": f"{rate * self.tokens_per_step:,.0f}" if rate else "-"}, refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def on_train_end(self, trainer, module) -> None:
         if self.bar is not None:
