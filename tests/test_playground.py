@@ -90,13 +90,34 @@ def served(app):
 
 
 @pytest.fixture
-def playground(tmp_path):
+def app(tmp_path):
     for seed, name in ((0, "first"), (1, "second")):
         tiny_gpt(seed).to_hf(str(tmp_path / name))
     cfg = load_config([f"checkpoint={tmp_path / 'first'}", f"playground.compare={tmp_path / 'second'}",
                        "device=cpu", "playground.max_new_tokens=400", "prompt=Once upon a time"])
-    with served(build_app(cfg)) as url:
+    return build_app(cfg)
+
+
+@pytest.fixture
+def playground(app):
+    with served(app) as url:
         yield url
+
+
+def test_a_page_that_goes_away_frees_its_row(app):
+    body = {"prompt": "Hello", "max_new_tokens": 400, "temperature": 0.8, "top_k": 40, "top_p": None,
+            "repetition_penalty": 1.0, "seed": 3, "model": "first"}
+    engine, finished = app.state.engines["first"], []
+    engine._finish = lambda row, now, finish=engine._finish: (finished.append(row), finish(row, now))
+    with served(app) as url:
+        with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as response:
+            next(response.iter_lines())  # the first token came: its request holds a row
+            assert any(engine.active)
+        for _ in range(100):  # the connection is closed: the request is cancelled within a few steps
+            if not any(engine.active):
+                break
+            time.sleep(0.05)
+        assert not any(engine.active) and finished == []  # cancelled, not run to its 400 tokens
 
 
 def test_the_stream_carries_tokens_then_the_figures_and_bad_values_get_one_line(playground):

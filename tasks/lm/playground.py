@@ -26,6 +26,7 @@ def create_app(engines: dict[str, BatchedGenerator], check: Callable[[dict[str, 
     """The app over one engine per checkpoint (by name, in the order the page shows them). `check`
     turns a request's JSON into sampling settings or raises ValueError with one line to show."""
     app = FastAPI(title="opengpt2 playground")
+    app.state.engines = engines
     page = PAGE.read_text().replace("__CONFIG__", json.dumps({"models": list(engines), "defaults": defaults}))
 
     @app.get("/", response_class=HTMLResponse)
