@@ -6,6 +6,7 @@ so the page refuses what the command line refuses, with the same message.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ def label(path: str) -> str:
     return p.name if p.is_dir() else f"{p.parent.name}/{p.name}"
 
 
-def request_checker(limit: int):
+def request_checker(limit: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A request's JSON as sampling settings, or ValueError naming each wrong field in one line."""
     def check(body: dict[str, Any]) -> dict[str, Any]:
         try:
