@@ -137,7 +137,10 @@ class BatchedGenerator:
         for batch_kv, row_kv in zip(self.cache.kv, single.kv):
             batch_kv[:, row] = row_kv[:, 0]
         self.cache.position[row] = self.active[row].cached = len(context)
-        self._emit(row, *self._draw([row], logits)[0])
+        [drawn] = self._draw([row], logits)
+        token = int(self.token[row, 0])
+        self.seen[row, token] = True
+        self._emit(row, token, *drawn)
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -156,9 +159,12 @@ class BatchedGenerator:
             if state is not None:
                 state.cached += 1
                 groups[0 < (state.request.top_k or 0) <= CANDIDATES].append(row)
-        for group in groups.values():
-            for row, drawn in zip(group, self._draw(group, logits[group])):
-                self._emit(row, *drawn)
+        drawn = {row: result for group in groups.values() for row, result in zip(group, self._draw(group, logits[group]))}
+        rows = sorted(drawn)
+        tokens = self.token[rows, 0].tolist()
+        self.seen[rows, tokens] = True
+        for row, token in zip(rows, tokens):
+            self._emit(row, token, *drawn[row])
 
     def _draw(self, rows: list[int], logits: torch.Tensor) -> list[tuple[float, list[float], list[int]]]:
         """Sample the next token of the batch's `rows`, whose logits these are, into `self.token`;
@@ -181,13 +187,12 @@ class BatchedGenerator:
             top_p, top_ids = probs[:, :ALTERNATIVES], ids[:, :ALTERNATIVES]
         return list(zip(probs.gather(1, column)[:, 0].tolist(), top_p.tolist(), top_ids.tolist()))
 
-    def _emit(self, row: int, p: float, top_p: list[float], top_ids: list[int]) -> None:
+    def _emit(self, row: int, token: int, p: float, top_p: list[float], top_ids: list[int]) -> None:
         """Hand the row's new token to its request (text once its bytes form whole characters, with
         its probability and the alternatives), and end the request at <|endoftext|> or its budget."""
-        state, token, now = self.active[row], int(self.token[row, 0]), time.perf_counter()
+        state, now = self.active[row], time.perf_counter()
         state.first_token_at = state.first_token_at or now
         state.tokens.append(token)
-        self.seen[row, token] = True
         if token != EOT:
             if not state.pending:
                 state.pending_alternatives = [(self.enc.decode_bytes([t]).decode("utf-8", "replace"), round(q, 4))

@@ -146,7 +146,8 @@ class Sampler:
         self.candidates = bool(((self.top_k > 0) & (self.top_k <= CANDIDATES)).all())
         self.top_p_rows = torch.nonzero(self.top_p[:, 0] < 1).flatten()
         self.uses_top_p, self.all_top_p = bool(self.top_p_rows.numel()), bool((self.top_p < 1).all())
-        self.uses_penalty = bool((self.penalty != 1).any())
+        self.penalty_rows = torch.nonzero(self.penalty[:, 0] != 1).flatten()
+        self.uses_penalty, self.all_penalty = bool(self.penalty_rows.numel()), bool((self.penalty != 1).all())
         self.greedy = self.temperature == 0
         self.all_greedy = bool(self.greedy.all())
 
@@ -158,8 +159,11 @@ class Sampler:
         """Scores whose softmax is each row's next-token distribution (repeats penalised, divided by
         the temperature, what top-k and top-p leave out at -inf), and each column's token: the
         candidates' (B, k), largest first, or None when the columns are the vocabulary (B, V)."""
-        if self.uses_penalty:
+        if self.all_penalty:
             logits = penalise_repeats(logits, seen, self.penalty)
+        elif self.uses_penalty:  # only the rows that ask for it: the mask is a pass over the vocabulary
+            rows = self.penalty_rows
+            logits = logits.index_copy(0, rows, penalise_repeats(logits[rows], seen[rows], self.penalty[rows]))
         ids = None
         if self.candidates:
             logits, ids = top_candidates(logits, CANDIDATES)
