@@ -25,7 +25,8 @@ class PlaygroundRequest(Sampling):
 def playground_checkpoints(cfg: dict[str, Any]) -> dict[str, str]:
     """The checkpoints to serve, by the name the page shows: `checkpoint` (default: the last of
     `run_name`), then `playground.compare` when set; each checked as `make generate` checks it."""
-    found = {label(checkpoint_path(cfg)): checkpoint_path(cfg)}
+    first = checkpoint_path(cfg)
+    found = {label(first): first}
     if cfg["playground"]["compare"]:
         path = checkpoint_path({**cfg, "checkpoint": cfg["playground"]["compare"]})
         found[label(path) if label(path) not in found else f"{label(path)} (compare)"] = path

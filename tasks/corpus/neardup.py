@@ -173,9 +173,10 @@ def write_band_pairs(sources: list[Source], band: int, max_bucket: int, chunk_do
         for pairs in range_pairs(sources, band, max_bucket, chunk_docs, Path(scratch)):
             owner = np.searchsorted(starts, pairs[:, 1], side="right") - 1
             for s in np.unique(owner):
+                mine = pairs[owner == s]
                 with runs[s].open("ab") as fh:
-                    fh.write(np.ascontiguousarray(pairs[owner == s]).tobytes())
-                counts[s] += np.count_nonzero(owner == s)
+                    fh.write(mine.tobytes())
+                counts[s] += len(mine)
         local = Path(scratch, "pairs.npy")
         with local.open("wb") as out:
             np.lib.format.write_array_header_1_0(out, {"descr": "<i8", "fortran_order": False,
