@@ -4,7 +4,9 @@ import json
 import pytest
 
 from sample.web import WEB_ROOT
-from tasks.corpus.extract import decode_html, extract, shingle_scores, without_edge_boilerplate
+from tasks.corpus.extract import (NEARLY_EMPTY_WORDS, extract, shingle_scores, trafilatura_text,
+                                  without_edge_boilerplate)
+from tasks.corpus.warc import decode_html
 from tests.conftest import shared_path
 
 SAMPLE_PAGE = WEB_ROOT / "www.harbourgazette.example" / "news" / "2019" / "recycling-00.html"
@@ -65,6 +67,23 @@ def test_quality_on_real_news_pages(method, min_f1):
         html = gzip.decompress((root / "html" / f"{page_id}.html.gz").read_bytes()).decode("utf-8")
         f1s.append(shingle_scores(extract(html, item["url"], method), item["articleBody"])[2])
     assert sum(f1s) / len(f1s) >= min_f1
+
+
+def test_the_ensemble_skips_trafilaturas_fallbacks_only_where_they_change_nothing():
+    """The ensemble's cheap first pass (no readability, no jusText) gives the very text of the pass
+    with them on every sample page, including one where the cheap pass alone comes out short."""
+    def with_fallbacks(html: str) -> str:
+        precise = trafilatura_text(html, None, favor_precision=True)
+        if len(precise.split()) < NEARLY_EMPTY_WORDS:
+            default = trafilatura_text(html, None)
+            precise = precise if len(precise) >= len(default) / 2 else default
+        return without_edge_boilerplate(precise)
+
+    pages = [p.read_text() for p in sorted(WEB_ROOT.rglob("*.html"))]
+    rescued = [html for html in pages if trafilatura_text(html, None, favor_precision=True, fast=True)
+               != trafilatura_text(html, None, favor_precision=True)]
+    assert rescued, "no sample page needs the fallbacks: the test would not exercise that branch"
+    assert [extract(html, None, "ensemble") for html in pages] == [with_fallbacks(html) for html in pages]
 
 
 def test_a_binary_body_in_a_warc_is_counted_as_binary_not_empty():

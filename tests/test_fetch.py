@@ -13,7 +13,8 @@ from warcio.archiveiterator import ArchiveIterator
 
 from flows.common import load_config
 from tasks.corpus.document import Document, write_documents
-from tasks.corpus.extract import Extract, warc_records
+from tasks.corpus.extract import Extract
+from tasks.corpus.warc import warc_records
 from tasks.corpus.shards import shard_pages
 from tasks.corpus.fetch import FetchFailed, fetch_pages, fetch_task
 from tests import webserver

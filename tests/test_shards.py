@@ -14,7 +14,7 @@ from flows.common import load_config
 from model.data import RandomWindows, TokenShards
 from tasks.storage import file_key
 from tasks.corpus.document import Document, read_documents
-from tasks.corpus.extract import warc_records
+from tasks.corpus.warc import warc_records
 from tasks.corpus.quality import Quality
 from tasks.corpus.shards import plan_warc_shards, shard_task
 from tasks.corpus.step import Step, StepFailed, build_steps, funnel_rows

@@ -6,14 +6,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
 from model.lineage import corpus_artifact
 from tasks import storage
 from tasks.corpus.step import funnel_rows
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 SOURCE_ROWS = [("records read", "urls/records_read"), ("URLs kept", "urls/kept"), ("fetched", "fetch/ok")]
 FINAL_ROWS = [("after dedup", "dedup/kept"), ("≥ min tokens", "tokenize/kept"), ("tokens", "tokenize/tokens")]
@@ -42,10 +37,15 @@ def funnel_markdown(stats: dict[str, int], pipeline: list[dict[str, Any]], sizes
 
 def plot_funnel(stats: dict[str, int], pipeline: list[dict[str, Any]], path: Path) -> None:
     """Three panels: documents left after each stage, fetch outcomes, and languages."""
+    # Imported here: Dask workers import this module with the flow's, and matplotlib (~40 MiB) is only
+    # needed for this one picture at the end of a run.
+    from matplotlib.figure import Figure
+
     panels = [("Documents after each stage", dict(funnel(stats, pipeline)[:-1])),
               ("Fetch outcomes", breakdown(stats, "fetch")),
               ("Languages (top 10)", dict(list(breakdown(stats, "language/lang").items())[:10]))]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for ax, (title, counts) in zip(axes, panels):
         labels, values = list(counts)[::-1], list(counts.values())[::-1]
         ax.barh(labels, values, color="#4c72b0")
@@ -56,7 +56,6 @@ def plot_funnel(stats: dict[str, int], pipeline: list[dict[str, Any]], path: Pat
     fig.suptitle(f"Corpus funnel: {stats.get('tokenize/tokens', 0):,} tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path,

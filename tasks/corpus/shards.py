@@ -23,7 +23,7 @@ from prefect.exceptions import MissingContextError
 
 from tasks.caching import FilesAndCode, fingerprint
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
-from tasks.corpus.extract import warc_records
+from tasks.corpus.warc import warc_records
 from tasks import storage
 from tasks.corpus.neardup import (Source, band_hashes, band_table, confirm, keep_positions, shard_pairs,
                                 write_band_pairs)
