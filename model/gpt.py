@@ -199,6 +199,8 @@ class GPT(nn.Module):
             cache.position += 1  # in place: the captured graph sees the new position next time
         elif cache is not None:
             cache.length += idx.shape[1]
+        if cache is not None:  # decoding reads only the next token's logits: the output layer, the
+            x = x[:, -1:]      # largest product of a prefill, runs on the last position alone
         logits = self.lm_head(self.ln_f(x))
         return logits if self.config.padded_vocab_size == self.config.vocab_size else logits[..., : self.config.vocab_size]
 
