@@ -15,7 +15,7 @@ from tasks.corpus.document import Document  # noqa: E402
 from tasks.corpus.step import Step  # noqa: E402
 
 # trafilatura warns once per page it finds no article in ("discarding data"); the step counts those
-# pages as dropped ("empty"), and at scale the warnings would bury every other log line.
+# pages (extract/empty), and at scale the warnings would bury every other log line.
 logging.getLogger("trafilatura").setLevel(logging.ERROR)
 PLACEHOLDER_URL = "http://localhost/"
 NEARLY_EMPTY_WORDS = 50  # below this, the precision pass may have dropped the article itself
