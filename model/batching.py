@@ -178,7 +178,7 @@ class BatchedGenerator:
             if self.active[row].request.temperature != 0:
                 exponential_noise(self.noise[row, :width], self.active[row].generator)
         scores, ids = sampler.distribution(logits, self.seen[rows] if sampler.uses_penalty else None)
-        column = sampler.choose(scores, self.noise[rows, :width])
+        column = sampler.choose(scores, self.noise[rows, :width], ids)
         self.token[rows] = column if ids is None else ids.gather(1, column)
         probs = scores.softmax(-1)
         if ids is None:

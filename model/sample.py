@@ -77,14 +77,26 @@ def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     whole. A captured graph cannot choose, so under torch.compile every row is sorted whole."""
     if torch.compiler.is_compiling() or logits.shape[1] <= CANDIDATES:
         return sorted_nucleus(logits, top_p)
-    best, order = logits.topk(CANDIDATES, dim=-1)
-    probs = (best - logits.logsumexp(-1, keepdim=True)).exp()
-    before = probs.cumsum(-1) - probs
-    kept = torch.full_like(logits, float("-inf")).scatter(1, order, best.masked_fill(before > top_p, float("-inf")))
-    short = torch.nonzero((before[:, -1:] + probs[:, -1:] <= top_p)[:, 0] & (top_p[:, 0] < 1)).flatten()
+    return spread_nucleus(logits, top_p, *nucleus_of_candidates(logits, top_p))
+
+
+def spread_nucleus(logits: torch.Tensor, top_p: torch.Tensor, best: torch.Tensor, order: torch.Tensor,
+                   short: torch.Tensor) -> torch.Tensor:
+    """`nucleus` over the whole vocabulary from `nucleus_of_candidates`' results, the short rows sorted whole."""
+    kept = torch.full_like(logits, float("-inf")).scatter(1, order, best)
     if short.numel():  # the nucleus may reach past the candidates
         kept = kept.index_copy(0, short, sorted_nucleus(logits[short], top_p[short]))
     return kept.where(top_p < 1, logits)
+
+
+def nucleus_of_candidates(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's CANDIDATES likeliest logits, largest first, those outside its nucleus at -inf; their
+    columns; and the rows whose nucleus reaches past them (probabilities over the whole row)."""
+    best, order = logits.topk(CANDIDATES, dim=-1)
+    probs = (best - logits.logsumexp(-1, keepdim=True)).exp()
+    before = probs.cumsum(-1) - probs
+    short = torch.nonzero((before[:, -1:] + probs[:, -1:] <= top_p)[:, 0] & (top_p[:, 0] < 1)).flatten()
+    return best.masked_fill(before > top_p, float("-inf")), order, short
 
 
 def sorted_nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -158,7 +170,9 @@ class Sampler:
     def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores whose softmax is each row's next-token distribution (repeats penalised, divided by
         the temperature, what top-k and top-p leave out at -inf), and each column's token: the
-        candidates' (B, k), largest first, or None when the columns are the vocabulary (B, V)."""
+        candidates' (B, k), largest first, or None when the columns are the vocabulary (B, V).
+        Rows that all sample from a nucleus get the candidates' columns too whenever every nucleus
+        lies among them (in eager mode: the choice depends on the logits)."""
         if self.all_penalty:
             logits = penalise_repeats(logits, seen, self.penalty)
         elif self.uses_penalty:  # only the rows that ask for it: the mask is a pass over the vocabulary
@@ -172,24 +186,32 @@ class Sampler:
         elif self.k_max:
             logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
         logits = logits / torch.where(self.greedy, 1.0, self.temperature)
-        if self.all_top_p:
+        if self.all_top_p and ids is None and logits.shape[1] > CANDIDATES and not torch.compiler.is_compiling():
+            best, order, short = nucleus_of_candidates(logits, self.top_p)
+            if not short.numel():  # every nucleus is among the candidates: no pass over the vocabulary left
+                return best, order
+            logits = spread_nucleus(logits, self.top_p, best, order, short)
+        elif self.all_top_p:
             logits = nucleus(logits, self.top_p)
         elif self.uses_top_p:  # its sort costs a row's worth each: only the rows that ask for it
             rows = self.top_p_rows
             logits = logits.index_copy(0, rows, nucleus(logits[rows], self.top_p[rows]))
         return logits, ids
 
-    def choose(self, scores: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def choose(self, scores: torch.Tensor, noise: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Each row's column (B, 1) of `distribution`'s scores: the likeliest for a greedy row, else
-        the winner of the race against `noise` (its first `width` columns; unread when greedy)."""
+        the winner of the race against `noise` (unread when greedy). Noise is drawn per column of
+        the race, or, when it spans the vocabulary, per token: then the candidates `ids` read theirs,
+        and the race has the winner it would have over the whole vocabulary."""
         if self.all_greedy:
             return row_argmax(scores)
-        return row_argmax(torch.where(self.greedy, scores, scores - noise[:, :scores.shape[1]].log()))
+        noise = noise.gather(1, ids) if ids is not None and not self.candidates else noise[:, :scores.shape[1]]
+        return row_argmax(torch.where(self.greedy, scores, scores - noise.log()))
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
         """Each row's next token (B, 1)."""
         scores, ids = self.distribution(logits, seen)
-        column = self.choose(scores, noise)
+        column = self.choose(scores, noise, ids)
         return column if ids is None else ids.gather(1, column)
 
 

@@ -233,6 +233,20 @@ def test_top_p_among_the_likeliest_candidates_equals_a_full_sort():
         assert torch.equal(nucleus(logits, top_p), sorted_nucleus(logits, top_p))
 
 
+def test_a_nucleus_among_the_candidates_is_raced_there_with_the_same_winner():
+    """Rows sampling from a nucleus race among their likeliest tokens when every nucleus lies there
+    (peaked rows), over the vocabulary otherwise (flat rows); each token keeps its own noise, so
+    the winner is the one of a race over the whole vocabulary."""
+    torch.manual_seed(0)
+    sampler = Sampler.alike(6, "cpu", 0.9, None, 0.9, 1.0)
+    for scale, among_candidates in ((8, True), (0.5, False)):
+        logits = torch.randn(6, 50257) * scale
+        assert (sampler.distribution(logits, None)[1] is not None) == among_candidates
+        noise = exponential_noise(torch.empty(6, 50257), torch.Generator().manual_seed(int(scale)))
+        over_vocabulary = (sorted_nucleus(logits / 0.9, sampler.top_p) - noise.log()).argmax(-1, keepdim=True)
+        assert torch.equal(sampler(logits, None, noise), over_vocabulary)
+
+
 def test_chunked_row_reductions_agree_with_torch():
     rows = torch.randn(3, 1300).round(decimals=1)  # many ties, and a last chunk that needs padding
     assert torch.equal(chunked_argmax(rows), rows.argmax(-1, keepdim=True))  # the GPU's way, checked here
