@@ -63,12 +63,27 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
     return sources
 
 
+def runner_size(runner: dict[str, Any]) -> int | None:
+    """How many tasks the runner runs at once, when this run starts it (None: a cluster elsewhere)."""
+    if runner["type"] != "dask":
+        return runner["max_workers"]
+    return None if runner["address"] else runner["n_workers"]
+
+
+def band_groups(bands: int, workers: int | None) -> list[list[int]]:
+    """The LSH bands cut into tasks, in order: two tasks per worker when the runner's size is known
+    (a task costs Prefect ~0.1 s, as much as a small corpus's band), else one task per band."""
+    tasks = min(bands, 2 * workers) if workers else bands
+    return [group.tolist() for group in np.array_split(np.arange(bands), tasks)]
+
+
 def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
     """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
-    bands = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, b, pairs_dir, d["max_bucket"], d["chunk_docs"])
-                                for b in range(d["bands"])], "dedup bands")
+    groups = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
+                                 for g in band_groups(d["bands"], runner_size(cfg["runner"]))], "dedup bands")
+    bands = [band for group in groups for band in group]
     slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
               for s in range(len(sources) - n_new, len(sources))]
     confirmed = wait_with_progress([cached(confirm_task, cfg).submit(shard, as_dicts, d["threshold"], d["ngram"])

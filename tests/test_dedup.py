@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bench.neardup import benchmark_stream, exact_duplicates, precision_recall
+from flows.corpus import band_groups
 from sample.build import TOPICS, article
 from tasks.corpus.document import Document, write_documents
 from tasks.corpus.neardup import (Source, band_hashes, band_table, confirm, dropped, jaccard as exact_jaccard,
@@ -158,3 +159,9 @@ def test_a_band_task_holds_one_key_range_whatever_the_corpus_size(tmp_path):
     # heaviest range's, and the heaviest of 32 is a little heavier than that of 2 (holding every
     # pair of the band, as this task once did, measured 4.4 times)
     assert large < 1.5 * small
+
+
+@pytest.mark.parametrize("workers, tasks", [(1, 2), (2, 4), (64, 20), (None, 20)])
+def test_bands_are_cut_into_two_tasks_per_worker_in_order(workers, tasks):
+    groups = band_groups(20, workers)
+    assert len(groups) == tasks and [band for group in groups for band in group] == list(range(20))

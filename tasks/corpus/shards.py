@@ -198,12 +198,15 @@ def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
-def candidates_task(sources: list[dict[str, Any]], band: int, out_dir: str, max_bucket: int,
-                    chunk_docs: int) -> dict[str, Any]:
-    """Candidate pairs (earlier, later) of one LSH band, in global document numbers, written to the
-    band's pair file grouped by the later document's shard; returns its path and each shard's row bounds."""
-    path = storage.join(out_dir, f"pairs-{band:03d}.npy")
-    return {"path": path, "bounds": write_band_pairs([Source(**s) for s in sources], band, max_bucket, chunk_docs, path)}
+def candidates_task(sources: list[dict[str, Any]], bands: list[int], out_dir: str, max_bucket: int,
+                    chunk_docs: int) -> list[dict[str, Any]]:
+    """Candidate pairs (earlier, later) of some LSH bands, one after another, in global document
+    numbers, each written to its band's pair file grouped by the later document's shard; returns
+    each band's path and each shard's row bounds."""
+    parts = [Source(**s) for s in sources]
+    paths = [storage.join(out_dir, f"pairs-{band:03d}.npy") for band in bands]
+    return [{"path": path, "bounds": write_band_pairs(parts, band, max_bucket, chunk_docs, path)}
+            for band, path in zip(bands, paths)]
 
 
 @task(name="dedup-confirm", cache_policy=FilesAndCode(files=("slices",)))
