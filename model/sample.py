@@ -70,23 +70,27 @@ def chunked_argmax(rows: torch.Tensor) -> torch.Tensor:
 
 def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """The logits with the tokens outside each row's nucleus set to -inf: the smallest set of likeliest
-    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token.
+    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token."""
+    scores, ids = nucleus_columns(logits, top_p)
+    if ids is not None:
+        scores = torch.full_like(logits, float("-inf")).scatter(1, ids, scores)
+    return scores.where(top_p < 1, logits)
 
-    The nucleus is looked for among each row's CANDIDATES likeliest tokens, a partial sort
-    (a tenth of a full one on a CPU); a row whose candidates hold too little probability is sorted
-    whole. A captured graph cannot choose, so under torch.compile every row is sorted whole."""
+
+def nucleus_columns(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`nucleus` for rows of top_p below 1, as the CANDIDATES likeliest tokens' scores and columns
+    when every row's nucleus lies among them, else over the whole vocabulary (columns None).
+
+    The nucleus is looked for among the candidates, a partial sort (a tenth of a full one on a CPU);
+    a row whose candidates hold too little probability is sorted whole. A captured graph cannot
+    choose, so under torch.compile every row is sorted whole."""
     if torch.compiler.is_compiling() or logits.shape[1] <= CANDIDATES:
-        return sorted_nucleus(logits, top_p)
-    return spread_nucleus(logits, top_p, *nucleus_of_candidates(logits, top_p))
-
-
-def spread_nucleus(logits: torch.Tensor, top_p: torch.Tensor, best: torch.Tensor, order: torch.Tensor,
-                   short: torch.Tensor) -> torch.Tensor:
-    """`nucleus` over the whole vocabulary from `nucleus_of_candidates`' results, the short rows sorted whole."""
+        return sorted_nucleus(logits, top_p), None
+    best, order, short = nucleus_of_candidates(logits, top_p)
+    if not short.numel():
+        return best, order
     kept = torch.full_like(logits, float("-inf")).scatter(1, order, best)
-    if short.numel():  # the nucleus may reach past the candidates
-        kept = kept.index_copy(0, short, sorted_nucleus(logits[short], top_p[short]))
-    return kept.where(top_p < 1, logits)
+    return kept.index_copy(0, short, sorted_nucleus(logits[short], top_p[short])), None
 
 
 def nucleus_of_candidates(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,11 +190,8 @@ class Sampler:
         elif self.k_max:
             logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
         logits = logits / torch.where(self.greedy, 1.0, self.temperature)
-        if self.all_top_p and ids is None and logits.shape[1] > CANDIDATES and not torch.compiler.is_compiling():
-            best, order, short = nucleus_of_candidates(logits, self.top_p)
-            if not short.numel():  # every nucleus is among the candidates: no pass over the vocabulary left
-                return best, order
-            logits = spread_nucleus(logits, self.top_p, best, order, short)
+        if self.all_top_p and ids is None:  # when every nucleus is among the candidates, race there
+            logits, ids = nucleus_columns(logits, self.top_p)
         elif self.all_top_p:
             logits = nucleus(logits, self.top_p)
         elif self.uses_top_p:  # its sort costs a row's worth each: only the rows that ask for it
