@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,35 +108,45 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
                              refresh_cache=cfg["refresh"])
 
 
-def prefect_api_url() -> str:
-    """The Prefect API this process reports to: PREFECT_API_URL when set, else the temporary server
-    Prefect would start for the flow anyway, started now so that Dask workers can be pointed at it
-    (a worker left without a URL would start a temporary server of its own)."""
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
+@contextmanager
+def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
+    """The Prefect task runner that `cfg.runner` names, open for a flow's run. Tasks run on threads of
+    this process; with runner=dask their work goes to a Dask cluster (a scheduler at `address`, or a
+    LocalCluster of `n_workers` processes started here), two tasks in flight per worker thread so that
+    the next one waits at Dask when a worker frees up. Workers need no Prefect API."""
+    from prefect.task_runners import ThreadPoolTaskRunner
 
-    if PREFECT_API_URL.value():
-        return PREFECT_API_URL.value()
-    server = SubprocessASGIServer()  # the same instance the flow's client uses, stopped at exit as usual
-    server.start()
-    return server.api_url
-
-
-def task_runner(cfg: dict[str, Any]) -> Any:
-    """The Prefect task runner that `cfg.runner` names: local threads, or a Dask cluster whose
-    workers report to this flow's Prefect API. An existing cluster's workers need PREFECT_API_URL
-    set in their own environment."""
     runner = cfg["runner"]
     if runner["type"] != "dask":
-        from prefect.task_runners import ThreadPoolTaskRunner
+        yield ThreadPoolTaskRunner(max_workers=runner["max_workers"])
+        return
+    from distributed import Client, LocalCluster
 
-        return ThreadPoolTaskRunner(max_workers=runner["max_workers"])
-    from prefect_dask import DaskTaskRunner
+    from tasks.cluster import attached
 
     if runner["address"]:
-        return DaskTaskRunner(address=runner["address"])
-    return DaskTaskRunner(cluster_kwargs={"n_workers": runner["n_workers"], "threads_per_worker": 1,
-                                         "dashboard_address": None, "env": {"PREFECT_API_URL": prefect_api_url()}})
+        cluster = nullcontext(runner["address"])
+    else:
+        with main_module_hidden():
+            cluster = LocalCluster(n_workers=runner["n_workers"], threads_per_worker=1, dashboard_address=None)
+    with cluster as scheduler, Client(scheduler) as client, attached(client) as threads:
+        yield ThreadPoolTaskRunner(max_workers=2 * threads)
+
+
+@contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Processes started meanwhile skip importing this program's main module. A spawned process
+    imports its parent's main module first (multiprocessing's rule); ours is a flow module, which
+    imports Prefect and the flows, and Dask workers need neither (~50 MiB each): they start as from an
+    interactive session, which has no main module to import."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def wait_with_progress(futures: list[PrefectFuture], what: str, upstream: list[PrefectFuture] = ()) -> list[Any]:

@@ -20,13 +20,13 @@ from model.bpe import EOT
 from sample.web import serve_sample_web
 from tasks import storage
 from tasks.caching import code_version
+from tasks.cluster import cluster_threads
 from tasks.corpus import shards
 from tasks.corpus.dumpfile import BadDump, dump_format
-from tasks.corpus.fetch import fetch_task
 from tasks.corpus.neardup import Source, dropped, offsets
 from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
-from tasks.corpus.shards import candidates_task, confirm_task, finish_task, plan_warc_shards, shard_task
-from tasks.corpus.urls import urls_task
+from tasks.corpus.prefect_tasks import candidates_task, confirm_task, fetch_task, finish_task, shard_task, urls_task
+from tasks.corpus.shards import plan_warc_shards
 from tasks.errors import MissingInput, UserError
 
 
@@ -63,17 +63,10 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
     return sources
 
 
-def runner_size(runner: dict[str, Any]) -> int | None:
-    """How many tasks the runner runs at once, when this run starts it (None: a cluster elsewhere)."""
-    if runner["type"] != "dask":
-        return runner["max_workers"]
-    return None if runner["address"] else runner["n_workers"]
-
-
-def band_groups(bands: int, workers: int | None) -> list[list[int]]:
-    """The LSH bands cut into tasks, in order: two tasks per worker when the runner's size is known
-    (a task costs Prefect ~0.1 s, as much as a small corpus's band), else one task per band."""
-    tasks = min(bands, 2 * workers) if workers else bands
+def band_groups(bands: int, workers: int) -> list[list[int]]:
+    """The LSH bands cut into tasks, in order: two tasks per worker (a task costs Prefect ~0.1 s, as
+    much as a small corpus's band)."""
+    tasks = min(bands, 2 * workers)
     return [group.tolist() for group in np.array_split(np.arange(bands), tasks)]
 
 
@@ -82,7 +75,7 @@ def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> n
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
     groups = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
-                                 for g in band_groups(d["bands"], runner_size(cfg["runner"]))], "dedup bands")
+                                 for g in band_groups(d["bands"], cluster_threads() or cfg["runner"]["max_workers"])], "dedup bands")
     bands = [band for group in groups for band in group]
     slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
               for s in range(len(sources) - n_new, len(sources))]
@@ -174,7 +167,8 @@ def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
 
     The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers)."""
     cfg = check_inputs(flow_config(cfg, overrides, settings))
-    result = build_corpus.with_options(task_runner=task_runner(cfg))(cfg)
+    with task_runner(cfg) as runner:
+        result = build_corpus.with_options(task_runner=runner)(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]
     stats, sizes = result["stats"], storage.folder_sizes(out_dir)
     with storage.staged_folder(out_dir) as local:

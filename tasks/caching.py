@@ -1,10 +1,12 @@
-"""Prefect cache keys for file-exchanging stages: input file identities (size, mtime), settings and the stage's code."""
+"""Cache keys for file-exchanging stages (input file identities by size and mtime, settings and the
+stage's code), for Prefect's cache and for the done markers that shards leave."""
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +48,8 @@ def code_version(module: ModuleType) -> str:
 
 @dataclass
 class FilesAndCode(CachePolicy):
-    """Key = size and mtime of the input files named in `files` + the other inputs + the code of the task.
+    """Key = size and mtime of the input files named in `files` + the other inputs + the code of the task
+    (or of the module of `code`, the work it hands over).
 
     Parameters in `exclude` (such as a proxy address that changes every run) are not keyed.
     Results are stored beside the outputs (see `flows.common.cached`), so removing the data
@@ -55,13 +58,14 @@ class FilesAndCode(CachePolicy):
 
     files: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    code: Callable | None = None  # the function whose module's code is keyed, when not the task's own
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
         if task_ctx is None:
             return None
         keyed = {k: v for k, v in inputs.items() if k not in self.exclude}
-        return fingerprint(keyed, self.files, inspect.getmodule(task_ctx.task.fn))
+        return fingerprint(keyed, self.files, inspect.getmodule(self.code or task_ctx.task.fn))
 
 
 def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleType) -> str:
@@ -69,3 +73,18 @@ def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleTy
     keyed = {k: _file_keys(v) if k in files else v for k, v in inputs.items()}
     payload = json.dumps([keyed, code_version(module)], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def once(marker: str, inputs: dict[str, Any], files: tuple[str, ...], code: Callable, force: bool,
+         work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`work()`'s result, reused from the done marker when that was written for the same inputs (the
+    files named in `files` by size and mtime), settings and `code`'s module; otherwise computed, then
+    the marker written last, so a stage killed half-way has none and is redone."""
+    key = fingerprint(inputs, files, inspect.getmodule(code))
+    if not force and storage.exists(marker):
+        saved = json.loads(storage.read_text(marker))
+        if saved.get("fingerprint") == key:
+            return saved["result"]
+    result = work()
+    storage.write_text(marker, json.dumps({"fingerprint": key, "result": result}))
+    return result

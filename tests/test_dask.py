@@ -1,11 +1,19 @@
-"""runner=dask: the shards run on the workers of a Dask cluster, which report to the flow's Prefect API."""
+"""runner=dask: the tasks hand their work to the workers of a Dask cluster, which run it without Prefect."""
+import importlib.util
+import logging
+import os
+import sys
+
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
-from flows.common import load_config
+from flows.common import load_config, task_runner
 from flows.corpus import corpus_flow
+from tasks.cluster import attached, on_cluster
 from tasks.corpus.document import corpus_documents
 from tasks.corpus.report import funnel
+from tasks.corpus.shards import Progress
+from tests.probes import is_loaded
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +31,28 @@ def test_shards_run_on_both_workers_and_keep_the_documents_of_a_local_run(cluste
     with get_task_stream(client) as stream:
         result = corpus_flow(cfg)
     assert dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))["after dedup"] == 47
-    shard_tasks = [t for t in stream.data if "shard" in t["key"]]
+    shard_tasks = [t for t in stream.data if t["key"].startswith("process_shard-")]
     assert len(shard_tasks) == 6  # 57 URLs in shards of 10
     assert len({t["worker"] for t in shard_tasks}) == 2
     ids = [sorted(d.id for d in corpus_documents(tmp_path / run / "corpus" / "demo" / "tokens")) for run in ("local", "dask")]
     assert ids[0] == ids[1] and len(ids[0]) == local_run["stats"]["tokenize/kept"] == 44
+
+
+def a_shard_reporting_progress() -> int:
+    Progress("00042").finish()
+    return os.getpid()
+
+
+def test_what_the_work_logs_on_a_worker_is_logged_by_the_caller(cluster, caplog):
+    caplog.set_level(logging.INFO, logger="tasks")
+    with attached(cluster[1]):
+        pid = on_cluster(a_shard_reporting_progress)
+    assert pid != os.getpid()
+    assert any(r.message.startswith("shard 00042: 0 pages in") and r.levelno == logging.INFO for r in caplog.records)
+
+
+def test_workers_started_for_a_flow_run_import_no_prefect(monkeypatch):
+    # a flow started as `python -m flows.corpus`: spawned processes would import that module, and Prefect with it
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", importlib.util.find_spec("flows.corpus"))
+    with task_runner(load_config(["runner=dask", "runner.n_workers=1"])):
+        assert on_cluster(is_loaded, "prefect") is False

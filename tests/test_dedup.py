@@ -161,7 +161,7 @@ def test_a_band_task_holds_one_key_range_whatever_the_corpus_size(tmp_path):
     assert large < 1.5 * small
 
 
-@pytest.mark.parametrize("workers, tasks", [(1, 2), (2, 4), (64, 20), (None, 20)])
+@pytest.mark.parametrize("workers, tasks", [(1, 2), (2, 4), (64, 20)])
 def test_bands_are_cut_into_two_tasks_per_worker_in_order(workers, tasks):
     groups = band_groups(20, workers)
     assert len(groups) == tasks and [band for group in groups for band in group] == list(range(20))

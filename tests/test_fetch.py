@@ -16,7 +16,8 @@ from tasks.corpus.document import Document, write_documents
 from tasks.corpus.extract import Extract
 from tasks.corpus.warc import warc_records
 from tasks.corpus.shards import shard_pages
-from tasks.corpus.fetch import FetchFailed, fetch_pages, fetch_task
+from tasks.corpus.fetch import FetchFailed, fetch_pages
+from tasks.corpus.prefect_tasks import fetch_task
 from tests import webserver
 from tests.webserver import ARTICLE, TestWeb
 
@@ -100,7 +101,7 @@ def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
 
 KILLABLE = """
 import sys
-from tasks.corpus.fetch import fetch_task
+from tasks.corpus.prefect_tasks import fetch_task
 fetch_task.fn(sys.argv[1], sys.argv[2], {fetch!r})
 """
 

@@ -16,7 +16,8 @@ from tasks.storage import file_key
 from tasks.corpus.document import Document, read_documents
 from tasks.corpus.warc import warc_records
 from tasks.corpus.quality import Quality
-from tasks.corpus.shards import plan_warc_shards, shard_task
+from tasks.corpus.prefect_tasks import shard_task
+from tasks.corpus.shards import plan_warc_shards
 from tasks.corpus.step import Step, StepFailed, build_steps, funnel_rows
 from tests.test_dedup import story
 

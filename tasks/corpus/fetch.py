@@ -20,12 +20,10 @@ from urllib.parse import urlsplit
 
 import httpx
 from httpx_retries import Retry, RetryTransport
-from prefect import task
 from tqdm import tqdm
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from tasks.caching import FilesAndCode
 from tasks.corpus.document import read_documents
 
 log = logging.getLogger(__name__)
@@ -227,14 +225,9 @@ def fetch_into(store: PageStore, urls: list[str], cfg: dict[str, Any]) -> None:
     asyncio.run(run())
 
 
-@task(name="fetch", cache_policy=FilesAndCode(files=("urls_path",), exclude=("proxy",)),
-      retries=2, retry_delay_seconds=10)
-def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None = None) -> dict[str, Any]:
-    """Fetch every URL in `urls_path` into `out`/pages.warc.gz, resuming an interrupted run.
-
-    `proxy`, when given, overrides `cfg.proxy` and is left out of the cache key.
-    """
-    cfg = {**cfg, "proxy": proxy or cfg.get("proxy")}
+def fetch_to_warc(urls_path: str, out: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fetch every URL in `urls_path` into `out`/pages.warc.gz, resuming an interrupted run; FetchFailed
+    when too many failed on the network."""
     store = PageStore(Path(out))
     try:
         fetch_into(store, [doc.url for doc in read_documents(Path(urls_path))], cfg)

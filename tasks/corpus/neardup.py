@@ -189,6 +189,16 @@ def write_band_pairs(sources: list[Source], band: int, max_bucket: int, chunk_do
     return np.concatenate(([0], np.cumsum(counts))).tolist()
 
 
+def bands_pairs(sources: list[dict], bands: list[int], out_dir: str, max_bucket: int,
+                chunk_docs: int) -> list[dict]:
+    """`write_band_pairs` for some bands, one after another, each to `out_dir`/pairs-BBB.npy; returns
+    each band's pair file and its row bounds per source."""
+    parts = [Source(**s) for s in sources]
+    paths = [storage.join(out_dir, f"pairs-{band:03d}.npy") for band in bands]
+    return [{"path": path, "bounds": write_band_pairs(parts, band, max_bucket, chunk_docs, path)}
+            for band, path in zip(bands, paths)]
+
+
 def range_pairs(sources: list[Source], band: int, max_bucket: int, chunk_docs: int, scratch: Path) -> Iterator[np.ndarray]:
     """One band's candidate pairs, one key range at a time, read from each source's sorted band
     column by binary search (remote columns through a local copy in `scratch`)."""
@@ -235,6 +245,12 @@ def confirm(pairs: np.ndarray, sources: list[Source], threshold: float, ngram: i
     grams = {int(starts[s] + i): shingle_hashes(text, ngram)
              for s, positions in needed.items() for i, text in texts_of(sources[s], positions).items()}
     return above_threshold(pairs, grams, threshold)
+
+
+def confirm_slices(slices: list[tuple[str, int, int]], sources: list[dict], threshold: float,
+                   ngram: int) -> list[list[int]]:
+    """`confirm` over the candidate pairs of one shard's slices of the pair files, as plain lists."""
+    return confirm(shard_pairs(slices), [Source(**s) for s in sources], threshold, ngram).tolist()
 
 
 def above_threshold(pairs: np.ndarray, grams: dict[int, np.ndarray], threshold: float) -> np.ndarray:

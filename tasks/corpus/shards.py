@@ -7,28 +7,22 @@ marker matches and redoes the others, so nothing is lost or written twice.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.exceptions import MissingContextError
 
-from tasks.caching import FilesAndCode, fingerprint
-from tasks.corpus.document import Document, read_documents, url_id, write_documents
-from tasks.corpus.warc import warc_records
 from tasks import storage
-from tasks.corpus.neardup import (Source, band_hashes, band_table, confirm, keep_positions, shard_pairs,
-                                write_band_pairs)
+from tasks.corpus.document import Document, read_documents, url_id, write_documents
+from tasks.corpus.neardup import Source, band_hashes, band_table, keep_positions
 from tasks.corpus.step import Step, build_steps, check_errors, run_steps
 from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documents
+from tasks.corpus.warc import warc_records
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +57,11 @@ class Progress:
         self.last, rate = now, self.done / (now - self.start)
         fraction = fraction if fraction is not None else (self.done / self.total if self.total else None)
         eta = f", ETA {(now - self.start) * (1 / fraction - 1):.0f} s" if fraction else ""
-        run_logger().info("shard %s: %d pages, %.1f pages/s%s", self.name, self.done, rate, eta)
+        log.info("shard %s: %d pages, %.1f pages/s%s", self.name, self.done, rate, eta)
 
     def finish(self) -> None:
         elapsed = time.monotonic() - self.start
-        run_logger().info("shard %s: %d pages in %.1f s (%.1f pages/s)", self.name, self.done, elapsed,
+        log.info("shard %s: %d pages in %.1f s (%.1f pages/s)", self.name, self.done, elapsed,
                           self.done / max(elapsed, 1e-9))
 
 
@@ -86,7 +80,7 @@ def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
                 yield doc
     except Exception as err:  # a damaged WARC keeps what was read before the damage
         stats["warc/damaged_file"] += 1
-        run_logger().warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],
+        log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],
                              shard["warc"], progress.done, type(err).__name__, err)
     progress.finish()
 
@@ -98,26 +92,12 @@ def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[n
         yield doc
 
 
-def once(marker: str, inputs: dict[str, Any], files: tuple[str, ...], force: bool,
-         work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`work()`'s result, reused from the done marker when that was written for the same inputs (the
-    files named in `files` by size and mtime), settings and code; otherwise computed, then the marker
-    written last, so a shard killed half-way has none and is redone."""
-    key = fingerprint(inputs, files, sys.modules[__name__])
-    if not force and storage.exists(marker):
-        saved = json.loads(storage.read_text(marker))
-        if saved.get("fingerprint") == key:
-            return saved["result"]
-    result = work()
-    storage.write_text(marker, json.dumps({"fingerprint": key, "result": result}))
-    return result
-
-
-def process_shard(shard: dict[str, Any], out_dir: str, steps: list[Step], dedup: dict[str, Any],
+def process_shard(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
                   max_error_share: float) -> dict[str, Any]:
-    """Run the steps over one shard's pages; write the kept documents and their LSH band keys."""
+    """Run the pipeline's steps over one shard's pages; write the kept documents and their LSH band
+    keys. StepFailed when a step raised on more than `max_error_share` of its documents."""
     with storage.staged_folder(out_dir) as local:
-        n, stats = write_shard(shard, local, steps, dedup, max_error_share)
+        n, stats = write_shard(shard, local, build_steps(pipeline), dedup, max_error_share)
     return {"source": Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n).__dict__,
             "stats": dict(stats)}
 
@@ -178,48 +158,3 @@ def write_tokens(source: Source, drop: list[int], tokens_dir: Path, shard_id: st
     np.save(bands_path, keep_positions(storage.load_npy(source.bands), rows))  # the keys computed in process_shard
     return {"splits": {split: w.flush() for split, w in writers.items()},
             "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run's logger inside a task (its lines reach the UI), else this module's."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log
-
-
-@task(name="shard", cache_policy=FilesAndCode(files=("shard",), exclude=("force",)))
-def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
-               max_error_share: float, force: bool = False) -> dict[str, Any]:
-    """The per-document steps over one shard, reusing its done marker unless `force`; StepFailed
-    (and no marker) when a step raised on more than `max_error_share` of its documents."""
-    return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
-                force, lambda: process_shard(shard, out_dir, build_steps(pipeline), dedup, max_error_share))
-
-
-@task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",)))
-def candidates_task(sources: list[dict[str, Any]], bands: list[int], out_dir: str, max_bucket: int,
-                    chunk_docs: int) -> list[dict[str, Any]]:
-    """Candidate pairs (earlier, later) of some LSH bands, one after another, in global document
-    numbers, each written to its band's pair file grouped by the later document's shard; returns
-    each band's path and each shard's row bounds."""
-    parts = [Source(**s) for s in sources]
-    paths = [storage.join(out_dir, f"pairs-{band:03d}.npy") for band in bands]
-    return [{"path": path, "bounds": write_band_pairs(parts, band, max_bucket, chunk_docs, path)}
-            for band, path in zip(bands, paths)]
-
-
-@task(name="dedup-confirm", cache_policy=FilesAndCode(files=("slices",)))
-def confirm_task(slices: list[tuple[str, int, int]], sources: list[dict[str, Any]], threshold: float,
-                 ngram: int) -> list[list[int]]:
-    """The candidate pairs in one shard's slices of the pair files whose exact Jaccard is above the
-    threshold. Keyed by the pair files: they are rewritten whenever any shard changes."""
-    return confirm(shard_pairs(slices), [Source(**s) for s in sources], threshold, ngram).tolist()
-
-
-@task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",)))
-def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str,
-                tokenize: dict[str, Any], force: bool = False) -> dict[str, Any]:
-    """Filter one shard's near-duplicates and tokenize it, reusing its done marker unless `force`."""
-    return once(storage.join(tokens_dir, f"done-{shard_id}.json"), {"source": source, "drop": drop, "tokenize": tokenize},
-                ("source",), force, lambda: finish_shard(Source(**source), drop, tokens_dir, shard_id, tokenize))

@@ -16,10 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import xxhash
 import zstandard
-from prefect import task
 from tqdm import tqdm
 
-from tasks.caching import FilesAndCode
 from tasks.corpus.document import Document, url_id, write_documents
 from tasks.corpus.dumpfile import BadDump, dump_format, open_dump
 
@@ -200,9 +198,8 @@ def shard_documents(docs: Iterable[Document], out_dir: Path, shard_docs: int) ->
     return paths
 
 
-@task(name="urls", cache_policy=FilesAndCode(files=("dumps",)))
-def urls_task(dumps: list[str], out_dir: str, cfg: dict[str, Any], shard_docs: int,
-              seen_dir: str | None = None) -> dict[str, Any]:
+def write_url_shards(dumps: list[str], out_dir: str, cfg: dict[str, Any], shard_docs: int,
+                      seen_dir: str | None = None) -> dict[str, Any]:
     """Read the dumps and write the kept URLs as documents, in shards of `shard_docs`, under `out_dir`;
     `seen_dir` holds the URLs taken by earlier runs."""
     stats: Counter = Counter()
