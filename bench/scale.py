@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -150,7 +151,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({code}); see {log}")
     return {"wall_s": wall, "peak_tree_mib": memory.peak_tree / 2**20,
             "peak_process_mib": max(memory.peak_each.values()) / 2**20,
-            "temporary_servers": log.read_text().count("Starting temporary server")}
+            "temporary_servers": len(re.findall(r"Starting temporary server|Prefect API: a temporary server", log.read_text()))}
 
 
 def ours(warcs: list[str], work: Path, runner: list[str], shard_bytes: int) -> dict:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
+from flows.api import temporary_api, wait_for_api
 from flows.schema import check
 from tasks import storage
 from tasks.errors import MissingInput, UserError
@@ -42,10 +43,12 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
     the overrides, checks it against the schema and then with `check` (its inputs), and hands it to
     `run`. A user's mistake (a malformed or unknown override, a value not allowed, a missing input:
     any UserError) is one line on stderr and exit code 2, before the flow starts. Hydra's own flags
-    (`--cfg job`, `--help`, `-m`) go through Hydra's command line."""
+    (`--cfg job`, `--help`, `-m`) go through Hydra's command line. The flow reports to PREFECT_API_URL,
+    or to a temporary server started first (`flows.api`)."""
     def checked_run(cfg: dict[str, Any]) -> None:
         if check:
             check(cfg)
+        wait_for_api()
         run(cfg)
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -55,10 +58,11 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
     def main() -> None:
         overrides = sys.argv[1:]
         try:
-            if any(arg.startswith("-") for arg in overrides):
-                hydra_main()
-            else:
-                checked_run(load_config(overrides))
+            with temporary_api():
+                if any(arg.startswith("-") for arg in overrides):
+                    hydra_main()
+                else:
+                    checked_run(load_config(overrides))
         except (UserError, HydraException, OmegaConfBaseException) as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -1,5 +1,6 @@
 """A user's mistake on the command line is one line on stderr and exit code 2, before any flow
 starts; the settings' types and ranges come from flows/schema.py."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,17 @@ def test_a_corpus_that_keeps_nothing_fails_with_its_funnel(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the corpus is empty") and "records read 1 -> URLs kept 0" in last, result.stderr[-2000:]
+    assert result.stderr.startswith("Prefect API: a temporary server at http://127.0.0.1:")  # the command's own
+
+
+def test_a_prefect_api_that_does_not_answer_is_one_line(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
+    result = subprocess.run([sys.executable, "-m", "flows.corpus", f"paths.data={tmp_path}", "logger=none"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: the Prefect API at http://127.0.0.1:9/api did not answer within 1 s: is the server up? "
+        "(PREFECT_API_URL names it; unset, a temporary one is started)"]
 
 
 def test_training_on_a_corpus_smaller_than_one_block_is_refused(tmp_path):

@@ -17,8 +17,9 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 
 
 def tokenize_documents(docs: Iterable[Document], min_tokens: int, stats: Counter,
-                       batch_size: int = 1024) -> Iterator[tuple[Document, list[int]]]:
-    """(document, ids) for documents of at least `min_tokens` tokens, encoded in batches."""
+                       batch_size: int = 256) -> Iterator[tuple[Document, list[int]]]:
+    """(document, ids) for documents of at least `min_tokens` tokens, encoded in batches (their ids
+    as Python lists: ~30 KB a document, so a batch stays small)."""
     enc = gpt2_encoding()
     batch: list[Document] = []
 
