@@ -79,7 +79,7 @@ dashboard: $(STAMP)  ## save the W&B training dashboard to logger.project (onlin
 bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (newspaper3k, datasketch, tiktoken)
 	$(PY) -m bench.corpus $(ARGS)
 
-bench-scale: $(STAMP)  ## the corpus flow on N generated WARC pages: local vs Dask 1 and 2 workers, memory, dedup bytes/doc, datatrove beside it (ARGS="N=6000 FILES=8 CHUNK_DOCS=65536")
+bench-scale: $(STAMP)  ## the corpus flow on N generated WARC pages: local vs Dask 1 and 2 workers, memory, dedup bytes/doc, datatrove beside it (ARGS="N=6000 FILES=8 CHUNK_DOCS=65536 REPEATS=1")
 	$(PY) -m bench.scale $(ARGS)
 
 bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/gpu.sh for the anchors beside it)

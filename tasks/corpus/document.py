@@ -40,7 +40,9 @@ def write_documents(path: Path, docs: Iterable[Document]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as zst:
+    # zstd's default level: level 10's tables held ~35 MiB more in every process writing a shard, for
+    # files 15% smaller (measured 2026-11-29)
+    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as zst:
         for doc in docs:
             record = dataclasses.asdict(doc)
             del record["html"]
