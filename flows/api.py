@@ -55,6 +55,7 @@ def stop(server: subprocess.Popen) -> None:
 def wait_for_api() -> None:
     """Return once the Prefect API answers, saying so when it is a temporary one; a UserError naming
     it when it has not within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."""
+    from prefect.logging import get_logger
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     url, timeout = PREFECT_API_URL.value(), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
@@ -63,8 +64,8 @@ def wait_for_api() -> None:
         try:
             if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 if url in _temporary:
-                    print(f"Prefect API: a temporary server at {url}, stopped at exit (set PREFECT_API_URL "
-                          "to report to a running one)", file=sys.stderr)
+                    get_logger().info("Prefect API: a temporary server at %s, stopped at exit (set "
+                                      "PREFECT_API_URL to report to a running one)", url)
                 return
         except httpx.HTTPError:
             pass

@@ -13,7 +13,7 @@ from tasks.cluster import attached, on_cluster
 from tasks.corpus.document import corpus_documents
 from tasks.corpus.report import funnel
 from tasks.corpus.shards import Progress
-from tests.probes import is_loaded
+from tests.probes import dies_the_first_time, is_loaded
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,9 @@ def test_workers_started_for_a_flow_run_import_no_prefect(monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "__spec__", importlib.util.find_spec("flows.corpus"))
     with task_runner(load_config(["runner=dask", "runner.n_workers=1"])):
         assert on_cluster(is_loaded, "prefect") is False
+
+
+def test_work_whose_worker_dies_is_run_again_on_another(cluster, tmp_path):
+    with attached(cluster[1]):
+        pid = on_cluster(dies_the_first_time, str(tmp_path / "died-once"))
+    assert pid != int((tmp_path / "died-once").read_text())  # another worker, or the dead one restarted
