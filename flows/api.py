@@ -48,6 +48,7 @@ def temporary_api() -> Iterator[None]:
 
 
 def stop(server: subprocess.Popen) -> None:
+    """Stop a temporary server and wait for it to exit."""
     server.terminate()
     server.wait()
 
