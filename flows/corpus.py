@@ -74,8 +74,9 @@ def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> n
     """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
+    workers = cluster_threads() or cfg["runner"]["max_workers"]
     groups = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
-                                 for g in band_groups(d["bands"], cluster_threads() or cfg["runner"]["max_workers"])], "dedup bands")
+                                 for g in band_groups(d["bands"], workers)], "dedup bands")
     bands = [band for group in groups for band in group]
     slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
               for s in range(len(sources) - n_new, len(sources))]

@@ -12,7 +12,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -61,9 +61,8 @@ def on_cluster(fn: Callable[..., T], *args: Any) -> T:
     worker died on another worker."""
     logger = run_logger()
     if _client is None:
-        if logger is FORWARDED:  # outside a Prefect run: the records stay where they are
-            return fn(*args)
-        with forwarding(lambda record: logger.log(record.levelno, record.getMessage())):
+        outside_a_run = logger is FORWARDED  # the records stay where they are
+        with nullcontext() if outside_a_run else forwarding(lambda r: logger.log(r.levelno, r.getMessage())):
             return fn(*args)
     key = f"{fn.__name__}-{uuid.uuid4().hex}"  # how the call shows in Dask's dashboard
     _loggers[key] = logger

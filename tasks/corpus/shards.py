@@ -62,7 +62,7 @@ class Progress:
     def finish(self) -> None:
         elapsed = time.monotonic() - self.start
         log.info("shard %s: %d pages in %.1f s (%.1f pages/s)", self.name, self.done, elapsed,
-                          self.done / max(elapsed, 1e-9))
+                 self.done / max(elapsed, 1e-9))
 
 
 def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
@@ -81,7 +81,7 @@ def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
     except Exception as err:  # a damaged WARC keeps what was read before the damage
         stats["warc/damaged_file"] += 1
         log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],
-                             shard["warc"], progress.done, type(err).__name__, err)
+                    shard["warc"], progress.done, type(err).__name__, err)
     progress.finish()
 
 
