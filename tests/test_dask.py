@@ -22,7 +22,7 @@ def cluster():
         yield local, client
 
 
-def test_shards_run_on_both_workers_and_keep_the_documents_of_a_local_run(cluster, tmp_path):
+def test_the_work_runs_on_both_workers_and_keeps_the_documents_of_a_local_run(cluster, tmp_path):
     local, client = cluster
     base = [f"paths.data={tmp_path / 'local'}", "logger=none"]
     local_run = corpus_flow(load_config(base))
@@ -31,9 +31,9 @@ def test_shards_run_on_both_workers_and_keep_the_documents_of_a_local_run(cluste
     with get_task_stream(client) as stream:
         result = corpus_flow(cfg)
     assert dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))["after dedup"] == 47
-    shard_tasks = [t for t in stream.data if t["key"].startswith("process_shard-")]
-    assert len(shard_tasks) == 6  # 57 URLs in shards of 10
-    assert len({t["worker"] for t in shard_tasks}) == 2
+    assert sum(t["key"].startswith("process_shard-") for t in stream.data) == 6  # 57 URLs in shards of 10
+    # all calls, not the shards alone: six short shard calls can all land on one worker while the other fetches
+    assert len({t["worker"] for t in stream.data}) == 2
     ids = [sorted(d.id for d in corpus_documents(tmp_path / run / "corpus" / "demo" / "tokens")) for run in ("local", "dask")]
     assert ids[0] == ids[1] and len(ids[0]) == local_run["stats"]["tokenize/kept"] == 44
 
