@@ -124,6 +124,7 @@ def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     if runner["type"] != "dask":
         yield ThreadPoolTaskRunner(max_workers=runner["max_workers"])
         return
+    import dask
     from distributed import Client, LocalCluster
 
     from tasks.cluster import attached
@@ -131,7 +132,9 @@ def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     if runner["address"]:
         cluster = nullcontext(runner["address"])
     else:
-        with main_module_hidden():
+        # No dashboard, so no use for the workers' statistical profiler. It keeps the last 1,000
+        # one-second profiles: measured +3.5 MiB per 30 s shard, so up to ~120 MiB a worker.
+        with main_module_hidden(), dask.config.set({"distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(n_workers=runner["n_workers"], threads_per_worker=1, dashboard_address=None)
     with cluster as scheduler, Client(scheduler) as client, attached(client) as threads:
         yield ThreadPoolTaskRunner(max_workers=2 * threads)

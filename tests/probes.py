@@ -19,3 +19,15 @@ def dies_the_first_time(marker: str) -> int:
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return os.getpid()
+
+
+def profiles_kept_after(seconds: float) -> int:
+    """How many CPU profiles this Dask worker holds after `seconds` of busy work."""
+    import time
+
+    from distributed import get_worker
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return len(get_worker().profile_history)

@@ -13,7 +13,7 @@ from tasks.cluster import attached, on_cluster
 from tasks.corpus.document import corpus_documents
 from tasks.corpus.report import funnel
 from tasks.corpus.shards import Progress
-from tests.probes import dies_the_first_time, is_loaded
+from tests.probes import dies_the_first_time, is_loaded, profiles_kept_after
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,12 @@ def test_what_the_work_logs_on_a_worker_is_logged_by_the_caller(cluster, caplog)
     assert any(r.message.startswith("shard 00042: 0 pages in") and r.levelno == logging.INFO for r in caplog.records)
 
 
-def test_workers_started_for_a_flow_run_import_no_prefect(monkeypatch):
+def test_workers_started_for_a_flow_run_import_no_prefect_and_keep_no_cpu_profiles(monkeypatch):
     # a flow started as `python -m flows.corpus`: spawned processes would import that module, and Prefect with it
     monkeypatch.setattr(sys.modules["__main__"], "__spec__", importlib.util.find_spec("flows.corpus"))
     with task_runner(load_config(["runner=dask", "runner.n_workers=1"])):
         assert on_cluster(is_loaded, "prefect") is False
+        assert on_cluster(profiles_kept_after, 2.5) == 0  # Dask's default profiler would hold two or more
 
 
 def test_work_whose_worker_dies_is_run_again_on_another(cluster, tmp_path):
