@@ -116,8 +116,8 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
 def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     """The Prefect task runner that `cfg.runner` names, open for a flow's run. Tasks run on threads of
     this process; with runner=dask their work goes to a Dask cluster (a scheduler at `address`, or a
-    LocalCluster of `n_workers` processes started here), two tasks in flight per worker thread so that
-    the next one waits at Dask when a worker frees up. Workers need no Prefect API."""
+    LocalCluster of `n_workers` processes started here, under `dask_config`), two tasks in flight per
+    worker thread so that the next one waits at Dask when a worker frees up. Workers need no Prefect API."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     runner = cfg["runner"]
@@ -132,9 +132,7 @@ def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     if runner["address"]:
         cluster = nullcontext(runner["address"])
     else:
-        # No dashboard, so no use for the workers' statistical profiler. It keeps the last 1,000
-        # one-second profiles: measured +3.5 MiB per 30 s shard, so up to ~120 MiB a worker.
-        with main_module_hidden(), dask.config.set({"distributed.worker.profile.enabled": False}):
+        with main_module_hidden(), dask.config.set(runner["dask_config"] or {}):
             cluster = LocalCluster(n_workers=runner["n_workers"], threads_per_worker=1, dashboard_address=None)
     with cluster as scheduler, Client(scheduler) as client, attached(client) as threads:
         yield ThreadPoolTaskRunner(max_workers=2 * threads)

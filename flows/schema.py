@@ -108,6 +108,7 @@ class Runner(Strict):
     address: str | None = None
     n_workers: Positive | None = None
     max_workers: Positive | None = None
+    dask_config: dict[str, Any] | None = None
 
 
 class Refresh(Strict):
