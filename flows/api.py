@@ -28,7 +28,7 @@ _temporary: list[str] = []  # the API URLs of the servers started here
 def temporary_api() -> Iterator[None]:
     """PREFECT_API_URL pointed at a temporary server while open, unless it names one already; the
     server stops when the process exits."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
@@ -36,14 +36,18 @@ def temporary_api() -> Iterator[None]:
     with socket.socket() as probe:  # a free port, as the kernel picks one
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "PREFECT_UI_ENABLED": "false", "PREFECT__SERVER_EPHEMERAL": "1"}
+    # no telemetry unless the user asks for it: runs are offline, and its failure is logged as an ERROR
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "false",
+           "PREFECT__SERVER_EPHEMERAL": "1"}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                               env=env)
     atexit.register(stop, server)  # at exit, after Prefect has sent its last logs and events (registered later)
     url = f"http://127.0.0.1:{port}/api"
     _temporary.append(url)
-    with temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: ""}):  # it serves no UI: no "View at" links
+    # It serves no UI: no "View at" links. Flow heartbeats tell a server that a run's process died;
+    # this one dies with it, and each flow's end waits up to 1 s for the heartbeat thread.
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: "", PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
