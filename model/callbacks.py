@@ -120,18 +120,48 @@ class Throughput(pl.Callback):
         module.log_dict({**self.speed, "perf/tokens_seen": float(step * self.tokens_per_step)})
 
 
-class NonFiniteLossGuard(pl.Callback):
-    """Stops on a NaN or infinite loss with a clear error, after saving the weights from before the
-    step that produced it (the check runs before backward, so nothing has been updated yet)."""
+class NonFiniteGuard(pl.Callback):
+    """Stops training on a NaN or infinite loss or gradient norm with a clear error, without waiting
+    for the GPU every step: each step is tested on the device, and whether any failed is read once
+    every `log_every_n_steps`. Where the module skipped the failed steps (`skips_nonfinite`: a fused
+    optimizer on one device), the weights are all finite: they are saved to `path`. Elsewhere
+    (DeepSpeed) the error names the last checkpoint instead."""
 
     def __init__(self, path: Path):
         self.path = path
 
+    def on_train_start(self, trainer, module) -> None:
+        # all on the device: whether this step failed, how many failed, the first that did (-1: none)
+        self.step_failed = torch.zeros((), dtype=torch.bool, device=module.device)
+        self.failed = torch.zeros((), dtype=torch.int64, device=module.device)
+        self.first = torch.full_like(self.failed, -1)
+        self.all_skipped = True
+
     def on_before_backward(self, trainer, module, loss) -> None:
-        if not torch.isfinite(loss):
+        self.step_failed = self.step_failed | ~torch.isfinite(loss.detach())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not stepped(trainer, batch_idx):
+            return
+        if getattr(module, "grad_norm", None) is not None:
+            self.step_failed = self.step_failed | ~torch.isfinite(module.grad_norm)
+        self.all_skipped &= getattr(module, "skips_nonfinite", False)
+        step = trainer.global_step  # steps taken, this one included
+        self.first = torch.where((self.first < 0) & self.step_failed, step - 1, self.first)
+        self.failed += self.step_failed
+        self.step_failed = torch.zeros_like(self.step_failed)
+        if step % trainer.log_every_n_steps and step != trainer.max_steps:
+            return
+        if not self.failed:  # the one read from the device per interval
+            return
+        first, failed = int(self.first), int(self.failed)
+        what = f"training loss or gradients became non-finite at step {first} ({failed} step(s) by step {step})"
+        if self.all_skipped:
             trainer.save_checkpoint(self.path)
-            raise FloatingPointError(f"training loss became {loss.item()} at step {trainer.global_step}; "
-                                     f"the last finite state is saved in {self.path}")
+            raise FloatingPointError(f"{what}; those steps were skipped, and the weights, all finite, are "
+                                     f"saved in {self.path}")
+        raise FloatingPointError(f"{what}; the weights since then are not to be trusted: resume from the "
+                                 f"last checkpoint in {self.path.parent}")
 
 
 class SaveOnSignal(pl.Callback):

@@ -43,9 +43,32 @@ class GPTLightning(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """The step's gradient norm, on the device: logged, used to clip, and tested. A fused torch
+        optimizer skips a step whose norm is not finite, on the device (its `found_inf`, as PyTorch's
+        GradScaler uses it), so one bad batch cannot put NaN into the weights; NonFiniteGuard stops the
+        run at its next read. DeepSpeed's ZeRO-2/3 keep the gradients in their partitions: no norm here."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
+        self.grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        self.skips_nonfinite = False
+        if self.grad_norm is None:
+            return
+        self.log("grad_norm", self.grad_norm)
+        inner = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer in Lightning's wrapper
+        if isinstance(inner, torch.optim.Optimizer) and inner.param_groups[0].get("fused") and not self.on_deepspeed():
+            inner.found_inf = (~torch.isfinite(self.grad_norm)).float()
+            self.skips_nonfinite = True
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip with the norm computed for the step. Lightning's own clipping refuses a fused optimizer
+        under mixed precision (it assumes fp16's gradient scaler, which bf16 does not use); DeepSpeed
+        clips inside its own step."""
+        if self.on_deepspeed() or self.grad_norm is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_val:
+            torch.nn.utils.clip_grads_with_norm_(self.parameters(), gradient_clip_val, self.grad_norm)
+
+    def on_deepspeed(self) -> bool:
+        return type(self.trainer.strategy).__name__ == "DeepSpeedStrategy"
 
     def on_validation_epoch_start(self) -> None:
         self.val_losses: list[torch.Tensor] = []
@@ -67,8 +90,9 @@ class GPTLightning(pl.LightningModule):
             (decay if p.dim() >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.optim["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=tuple(self.optim["betas"]),
-                                fused=torch.cuda.is_available())
+        # fused: one kernel for all parameters, on the GPU and the CPU, and it can skip a step on the
+        # device (`found_inf`), which NonFiniteGuard uses
+        opt = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=tuple(self.optim["betas"]), fused=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_with_warmup(
             step, self.optim["warmup_steps"], self.max_steps, self.optim["min_lr_ratio"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

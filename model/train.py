@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
-from model.callbacks import NonFiniteLossGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
+from model.callbacks import NonFiniteGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
 from model.data import TokenDataModule, TokenShards
 from model.gpt import GPT
 from model.lineage import record_checkpoint, record_corpus
@@ -65,7 +65,8 @@ def make_trainer(cfg: dict[str, Any], ckpt_dir: Path, logger, callbacks: list[pl
     tokens_per_step = tr["batch_size"] * block_size * accumulate
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=tr["checkpoint_every_n_steps"]),
-                 StepProgress(tokens_per_step), Throughput(tokens_per_step, tr["peak_flops"]), NonFiniteLossGuard(ckpt_dir / "before-nonfinite.ckpt"),
+                 StepProgress(tokens_per_step), Throughput(tokens_per_step, tr["peak_flops"]),
+                 NonFiniteGuard(ckpt_dir / "nonfinite-skipped.ckpt"),
                  SaveOnSignal(ckpt_dir / "last.ckpt"), SampleTable(tr["sample_every_n_steps"], [cfg["prompt"]]),
                  *callbacks]
     return pl.Trainer(accelerator=tr["accelerator"], devices=tr["devices"], num_nodes=tr["num_nodes"],

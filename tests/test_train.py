@@ -83,13 +83,32 @@ class NanAtStep5(GPTLightning):
         return loss * float("nan") if self.global_step == 5 else loss
 
 
-def test_non_finite_loss_stops_with_a_clear_error_and_a_good_checkpoint(shards, tmp_path, monkeypatch):
+def test_a_non_finite_step_is_skipped_and_stops_training_at_the_next_log_step_with_finite_weights(shards, tmp_path,
+                                                                                                 monkeypatch):
     monkeypatch.setattr("model.train.GPTLightning", NanAtStep5)
-    with pytest.raises(FloatingPointError, match="became nan at step 5"):
-        fit(train_cfg("trainer.max_steps=20"), shards, str(tmp_path))
-    saved = torch.load(tmp_path / "before-nonfinite.ckpt", weights_only=False)
-    assert saved["global_step"] == 5
+    with pytest.raises(FloatingPointError, match=r"non-finite at step 5 \(1 step\(s\) by step 8\); those steps were skipped"):
+        fit(train_cfg("trainer.max_steps=20", "trainer.log_every_n_steps=4"), shards, str(tmp_path))
+    saved = torch.load(tmp_path / "nonfinite-skipped.ckpt", weights_only=False)
+    assert saved["global_step"] == 8
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+    adam = saved["optimizer_states"][0]["state"]
+    assert all(int(s["step"]) == 7 for s in adam.values())  # 8 steps, one skipped on the device
+    assert all(torch.isfinite(s["exp_avg_sq"]).all() for s in adam.values())
+
+
+class NanAtStep5Unfused(NanAtStep5):
+    """The same, with an optimizer that cannot skip a step on the device."""
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_a_non_finite_step_that_cannot_be_skipped_stops_training_pointing_at_the_last_checkpoint(shards, tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.setattr("model.train.GPTLightning", NanAtStep5Unfused)
+    with pytest.raises(FloatingPointError, match="non-finite at step 5 .* not to be trusted: resume from the last"):
+        fit(train_cfg("trainer.max_steps=20", "trainer.log_every_n_steps=4"), shards, str(tmp_path))
+    assert not (tmp_path / "nonfinite-skipped.ckpt").exists()
 
 
 def test_global_batch_in_tokens_sets_accumulation():
