@@ -25,19 +25,33 @@ class GPTLightning(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = GPT(GPTConfig.from_settings(model, activation_checkpointing=activation_checkpointing))
-        if compile:
-            # Lightning refuses a compiled LightningModule under DeepSpeed; compiling the blocks in place is fine
-            for block in self.model.h:
-                block.compile()
         self.optim = optim
         self.max_steps = max_steps
+        self.train_loss = self.loss  # compiled in configure_model when `compile` is on
+        self.compiled = False
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.model(x), y)
+
+    def configure_model(self) -> None:
+        """torch.compile once the strategy is known: the forward and the loss as one graph, as the plain
+        compiled loop does (Inductor can then fuse the loss's fp32 upcast and softmax); under DeepSpeed,
+        which refuses a compiled module, the blocks in place."""
+        if not self.hparams.compile or self.compiled:
+            return
+        if self.on_deepspeed():
+            for block in self.model.h:
+                block.compile()
+        else:
+            self.train_loss = torch.compile(self.loss)
+        self.compiled = True
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = lm_loss(self.model(x), y)
+        loss = self.train_loss(x, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss

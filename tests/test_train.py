@@ -214,11 +214,15 @@ def test_init_from_must_match_the_model_it_names(tmp_path):
 def test_the_fast_path_learns_what_the_eager_fp32_path_learns(shards, tmp_path):
     """No speed bought with wrong math: the GPU trainer's fast path (compiled blocks, bf16 autocast),
     run on the CPU, ends 50 steps on the same tokens, seed and settings within 1% of the loss of the
-    eager fp32 path."""
+    eager fp32 path. At gpt2-tiny's own lr (3e-3) these 4 x 32-token batches make the loss climb back
+    after step 30, and there any rounding difference grows (compiled bf16 ended 2.5% below eager bf16,
+    the two within 0.1% of each other up to step 12): 2e-3 keeps the run stable, so that the check is
+    of the math, not of chaos."""
     losses = {}
     for name, overrides in {"eager fp32": [], "fast": ["trainer.compile=true", "trainer.precision=bf16-mixed"]}.items():
         recorder = LossRecorder()
-        fit(train_cfg("trainer.max_steps=50", "trainer.resume=false", *overrides), shards, str(tmp_path / name), [recorder])
+        fit(train_cfg("trainer.max_steps=50", "trainer.resume=false", "optim.lr=2e-3", *overrides), shards,
+            str(tmp_path / name), [recorder])
         losses[name] = np.mean([recorder.losses[s] for s in range(46, 51)])  # the last 5 steps: less noise
     assert losses["fast"] == pytest.approx(losses["eager fp32"], rel=0.01), losses
     assert losses["eager fp32"] < 7.5  # it learned: 10.8 (a guess over the whole vocabulary) at the first step
