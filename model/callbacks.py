@@ -19,6 +19,11 @@ def stepped(trainer: pl.Trainer, batch_idx: int) -> bool:
     return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
+def at_log_step(trainer: pl.Trainer) -> bool:
+    """Whether the step just taken is one that logs: every `log_every_n_steps`, and the last."""
+    return trainer.global_step % trainer.log_every_n_steps == 0 or trainer.global_step == trainer.max_steps
+
+
 class StepProgress(ProgressBar):
     """One bar over optimizer steps, shown from the first one: step / max_steps, loss, tokens/s, ETA.
     A resumed run starts at its step; validation runs without a bar of its own. The loss and rate
@@ -50,7 +55,7 @@ class StepProgress(ProgressBar):
             return
         self.bar.set_description("train", refresh=False)
         step = trainer.global_step
-        if step % trainer.log_every_n_steps == 0 or step == trainer.max_steps or self.bar.n == self.bar.initial:
+        if at_log_step(trainer) or self.bar.n == self.bar.initial:
             # the loss lives on the GPU: reading it waits for the step, so only as often as it is logged
             rate = self.bar.format_dict.get("rate")
             loss = trainer.callback_metrics.get("train/loss")
@@ -79,7 +84,7 @@ class ProgressLines(pl.Callback):
         if self.start is None:
             self.start = (now, step)
             self.tokens_per_step = batch[0].numel() * trainer.accumulate_grad_batches * trainer.world_size
-        if step % trainer.log_every_n_steps and step != trainer.max_steps:
+        if not at_log_step(trainer):
             return
         rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)
         loss = trainer.callback_metrics.get("train/loss")
@@ -150,9 +155,7 @@ class NonFiniteGuard(pl.Callback):
         self.first = torch.where((self.first < 0) & self.step_failed, step - 1, self.first)
         self.failed += self.step_failed
         self.step_failed = torch.zeros_like(self.step_failed)
-        if step % trainer.log_every_n_steps and step != trainer.max_steps:
-            return
-        if not self.failed:  # the one read from the device per interval
+        if not at_log_step(trainer) or not self.failed:  # the one read from the device per interval
             return
         first, failed = int(self.first), int(self.failed)
         what = f"training loss or gradients became non-finite at step {first} ({failed} step(s) by step {step})"

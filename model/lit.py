@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import DeepSpeedStrategy
 
 from model.gpt import GPT, GPTConfig, lm_loss
 
@@ -82,7 +83,7 @@ class GPTLightning(pl.LightningModule):
             torch.nn.utils.clip_grads_with_norm_(self.parameters(), gradient_clip_val, self.grad_norm)
 
     def on_deepspeed(self) -> bool:
-        return type(self.trainer.strategy).__name__ == "DeepSpeedStrategy"
+        return isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def on_validation_epoch_start(self) -> None:
         self.val_losses: list[torch.Tensor] = []
