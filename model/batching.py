@@ -14,7 +14,6 @@ import codecs
 import queue
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from model.bpe import EOT, gpt2_encoding
-from model.sample import CANDIDATES, Sampler, exponential_noise
+from model.sample import Race, Sampler, exponential_noise
 
 ALTERNATIVES = 5  # the likeliest tokens shown beside each sampled one
 
@@ -154,40 +153,33 @@ class BatchedGenerator:
         if free:
             self.cache.position[free] = 0  # a free row never runs out of cache
         logits = self.model(self.token, self.cache)[:, -1, :].float()
-        groups = defaultdict(list)  # rows that race among the likeliest candidates, and the others
-        for row, state in enumerate(self.active):
-            if state is not None:
-                state.cached += 1
-                groups[0 < (state.request.top_k or 0) <= CANDIDATES].append(row)
-        drawn = {row: result for group in groups.values() for row, result in zip(group, self._draw(group, logits[group]))}
-        rows = sorted(drawn)
+        rows = [row for row, state in enumerate(self.active) if state is not None]
+        for row in rows:
+            self.active[row].cached += 1
+        drawn = self._draw(rows, logits if len(rows) == self.rows else logits[rows])
         tokens = self.token[rows, 0].tolist()
         self.seen[rows, tokens] = True
-        for row, token in zip(rows, tokens):
-            self._emit(row, token, *drawn[row])
+        for row, token, result in zip(rows, tokens, drawn):
+            self._emit(row, token, *result)
 
-    def _draw(self, rows: list[int], logits: torch.Tensor) -> list[tuple[float, list[float], list[int]]]:
+    def _draw(self, rows: list[int], logits: torch.Tensor) -> list[tuple[float, list[tuple[int, float]]]]:
         """Sample the next token of the batch's `rows`, whose logits these are, into `self.token`;
         for each row, the token's probability and the likeliest alternatives with theirs. Rows are
         sampled independently, each request's noise from its own generator, as if it were alone."""
         if tuple(rows) not in self.samplers:  # settings change only as requests come and go
             self.samplers[tuple(rows)] = self.sampler.subset(rows)
         sampler = self.samplers[tuple(rows)]
-        width = sampler.width(logits.shape[1])
-        for row in rows:
+        for row, width in zip(rows, sampler.noise_widths(self.noise.shape[1])):
             if self.active[row].request.temperature != 0:
                 exponential_noise(self.noise[row, :width], self.active[row].generator)
-        scores, ids = sampler.distribution(logits, self.seen[rows] if sampler.uses_penalty else None)
-        column = sampler.choose(scores, self.noise[rows, :width], ids)
-        self.token[rows] = column if ids is None else ids.gather(1, column)
-        probs = scores.softmax(-1)
-        if ids is None:
-            top_p, top_ids = probs.topk(ALTERNATIVES, dim=-1)
-        else:  # the candidates come largest first
-            top_p, top_ids = probs[:, :ALTERNATIVES], ids[:, :ALTERNATIVES]
-        return list(zip(probs.gather(1, column)[:, 0].tolist(), top_p.tolist(), top_ids.tolist()))
+        every = len(rows) == self.rows  # then no copies of the batch's rows
+        seen = (self.seen if every else self.seen[rows]) if sampler.uses_penalty else None
+        race = sampler.race(logits, seen)
+        tokens = sampler.choose(race, self.noise if every else self.noise[rows])
+        self.token[rows] = tokens
+        return likelihoods(race, tokens)
 
-    def _emit(self, row: int, token: int, p: float, top_p: list[float], top_ids: list[int]) -> None:
+    def _emit(self, row: int, token: int, p: float, alternatives: list[tuple[int, float]]) -> None:
         """Hand the row's new token to its request (text once its bytes form whole characters, with
         its probability and the alternatives), and end the request at <|endoftext|> or its budget."""
         state, now = self.active[row], time.perf_counter()
@@ -196,7 +188,7 @@ class BatchedGenerator:
         if token != EOT:
             if not state.pending:
                 state.pending_alternatives = [(self.enc.decode_bytes([t]).decode("utf-8", "replace"), round(q, 4))
-                                              for q, t in zip(top_p, top_ids)]
+                                              for t, q in alternatives]
             state.pending_p *= p
             text = state.text.decode(self.enc.decode_bytes([token]))  # a character may span tokens
             state.pending = not text
@@ -225,3 +217,23 @@ class BatchedGenerator:
             "time_to_first_token_s": round(state.first_token_at - state.request.submitted, 4),
             "tokens_per_s": round((len(new) - 1) / decoding, 1) if len(new) > 1 and decoding > 0 else None})
 
+
+
+def likelihoods(race: Race, tokens: torch.Tensor) -> list[tuple[float, list[tuple[int, float]]]]:
+    """For each row, the probability of its sampled token, and its ALTERNATIVES likeliest tokens
+    with theirs (those it can sample: a row with a top k of 3 has 3)."""
+    rows: list[tuple[float, list[tuple[int, float]]]] = []
+    if race.scores is not None:
+        probs = race.scores.softmax(-1)
+        chosen = (probs * (race.ids == tokens)).sum(-1).tolist()
+        top = probs[:, :ALTERNATIVES].tolist(), race.ids[:, :ALTERNATIVES].tolist()
+        rows = [(p, [(t, q) for q, t in zip(*alternatives) if q > 0]) for p, *alternatives in zip(chosen, *top)]
+    if race.open_scores is not None:  # their probabilities over the vocabulary
+        probs = race.open_scores.softmax(-1)
+        chosen = probs.gather(1, tokens[race.open_rows])[:, 0].tolist()
+        top_p, top_ids = probs.topk(ALTERNATIVES, dim=-1)
+        found = [(p, [(t, q) for q, t in zip(qs, ts) if q > 0]) for p, qs, ts in zip(chosen, top_p.tolist(), top_ids.tolist())]
+        rows = rows or [None] * tokens.shape[0]
+        for row, result in zip(race.open_rows.tolist(), found):
+            rows[row] = result
+    return rows

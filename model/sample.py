@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,43 +69,10 @@ def chunked_argmax(rows: torch.Tensor) -> torch.Tensor:
     return chunk * ROW_CHUNK + within.gather(1, chunk)
 
 
-def nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """The logits with the tokens outside each row's nucleus set to -inf: the smallest set of likeliest
-    tokens whose probabilities reach the row's `top_p` (B, 1); a row with top_p 1 keeps every token."""
-    scores, ids = nucleus_columns(logits, top_p)
-    if ids is not None:
-        scores = torch.full_like(logits, float("-inf")).scatter(1, ids, scores)
-    return scores.where(top_p < 1, logits)
-
-
-def nucleus_columns(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`nucleus` for rows of top_p below 1, as the CANDIDATES likeliest tokens' scores and columns
-    when every row's nucleus lies among them, else over the whole vocabulary (columns None).
-
-    The nucleus is looked for among the candidates, a partial sort (a tenth of a full one on a CPU);
-    a row whose candidates hold too little probability is sorted whole. A captured graph cannot
-    choose, so under torch.compile every row is sorted whole."""
-    if torch.compiler.is_compiling() or logits.shape[1] <= CANDIDATES:
-        return sorted_nucleus(logits, top_p), None
-    best, order, short = nucleus_of_candidates(logits, top_p)
-    if not short.numel():
-        return best, order
-    kept = torch.full_like(logits, float("-inf")).scatter(1, order, best)
-    return kept.index_copy(0, short, sorted_nucleus(logits[short], top_p[short])), None
-
-
-def nucleus_of_candidates(logits: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row's CANDIDATES likeliest logits, largest first, those outside its nucleus at -inf; their
-    columns; and the rows whose nucleus reaches past them (probabilities over the whole row)."""
-    best, order = logits.topk(CANDIDATES, dim=-1)
-    probs = (best - logits.logsumexp(-1, keepdim=True)).exp()
-    before = probs.cumsum(-1) - probs
-    short = torch.nonzero((before[:, -1:] + probs[:, -1:] <= top_p)[:, 0] & (top_p[:, 0] < 1)).flatten()
-    return best.masked_fill(before > top_p, float("-inf")), order, short
-
-
 def sorted_nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """`nucleus` by a full sort of each row."""
+    """The logits with the tokens outside each row's nucleus set to -inf, by a full sort of each row:
+    the smallest set of likeliest tokens whose probabilities reach the row's `top_p` (B, 1); a row
+    with top_p 1 keeps every token."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     sorted_probs = sorted_logits.softmax(-1)
     outside = (sorted_probs.cumsum(-1) - sorted_probs > top_p) & (top_p < 1)
@@ -117,6 +85,18 @@ def exponential_noise(noise: torch.Tensor, generator: torch.Generator | None) ->
     return noise.uniform_(generator=generator).log_().neg_()
 
 
+class Race(NamedTuple):
+    """A decode step's sampling before the noise. Most rows race among their likeliest tokens, the
+    candidates: `scores` (B, W), largest first, -inf where the row's filters leave a token out, and
+    their tokens `ids`, both None when no row does. The `open_rows` race over the whole vocabulary
+    instead, with `open_scores` (b, V); their candidates, if any, are unused."""
+
+    scores: torch.Tensor | None
+    ids: torch.Tensor | None
+    open_rows: torch.Tensor
+    open_scores: torch.Tensor | None
+
+
 class Sampler:
     """Picks each row's next token from the logits, with settings of its own per row, each a (B, 1)
     tensor: temperature (0: greedy), top_k (0: none), top_p (1: none) and repetition penalty (1: none).
@@ -126,10 +106,15 @@ class Sampler:
     step, so the whole decode step, sampling included, fits in one CUDA graph. It is run in log
     space, argmax logit_i - log E_i, where the softmax cancels out.
 
-    When every row keeps a top k of at most CANDIDATES, the race runs among each row's CANDIDATES
-    likeliest tokens, those past its k masked (CANDIDATES noise draws a row instead of one per
-    vocabulary entry: on a CPU that was most of a step's sampling). The width is the same whatever
-    the k, so rows with different k sample alike alone or together.
+    Where a row's race is run depends only on its own settings and logits, never on the other rows,
+    so a row samples alike alone or batched with any others:
+    - a row with a top k of at most CANDIDATES (a "ranked" row) races among its k likeliest tokens
+      and draws CANDIDATES noise values a step, one per column (on a CPU, drawing one per vocabulary
+      entry was most of a step's sampling);
+    - every other row draws one noise value per vocabulary entry. A row with only a top p races
+      among its CANDIDATES likeliest tokens when its nucleus lies among them (in eager mode: that
+      depends on the logits), each with its own token's noise, so the winner is the one a race over
+      the whole vocabulary would have; the rest race over the whole vocabulary.
     """
 
     def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor):
@@ -157,63 +142,122 @@ class Sampler:
         return Sampler(*(t[rows] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
 
     def settings_changed(self) -> None:
-        """Read which filters any row uses, once per change of settings, never in a decode step."""
-        self.k_max = int(self.top_k.max())
-        self.candidates = bool(((self.top_k > 0) & (self.top_k <= CANDIDATES)).all())
-        self.top_p_rows = torch.nonzero(self.top_p[:, 0] < 1).flatten()
-        self.uses_top_p, self.all_top_p = bool(self.top_p_rows.numel()), bool((self.top_p < 1).all())
+        """Read which filters the rows use, once per change of settings, never in a decode step."""
+        k, p = self.top_k[:, 0], self.top_p[:, 0]
+        ranked, nucleus = (k > 0) & (k <= CANDIDATES), (k == 0) & (p < 1)
+        self.ranked = ranked[:, None]
+        self.all_ranked = bool(ranked.all())
+        self.ranked_rows = torch.nonzero(ranked).flatten()
+        self.k_max = int(k[ranked].max()) if self.ranked_rows.numel() else 0
+        self.k_limit = torch.where(self.ranked, self.top_k, CANDIDATES)  # columns past it leave the race
+        self.nucleus_rows = torch.nonzero(nucleus).flatten()
+        self.open_rows = torch.nonzero(~ranked & ~nucleus).flatten()
+        self.unranked_rows = torch.nonzero(~ranked).flatten()  # the open rows under torch.compile
+        self.beyond_candidates = bool((k > CANDIDATES).any())
+        self.k_largest = int(k.max())
+        self.uses_top_p = bool((p < 1).any())
         self.penalty_rows = torch.nonzero(self.penalty[:, 0] != 1).flatten()
         self.uses_penalty, self.all_penalty = bool(self.penalty_rows.numel()), bool((self.penalty != 1).all())
         self.greedy = self.temperature == 0
         self.all_greedy = bool(self.greedy.all())
 
-    def width(self, vocab: int) -> int:
-        """Noise draws a row needs per step: one per candidate, or one per vocabulary entry."""
-        return min(CANDIDATES, vocab) if self.candidates else vocab
+    def noise_width(self, vocab: int) -> int:
+        """Noise values a row draws per step (the most any row draws)."""
+        return min(CANDIDATES, vocab) if self.all_ranked else vocab
 
-    def distribution(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Scores whose softmax is each row's next-token distribution (repeats penalised, divided by
-        the temperature, what top-k and top-p leave out at -inf), and each column's token: the
-        candidates' (B, k), largest first, or None when the columns are the vocabulary (B, V).
-        Rows that all sample from a nucleus get the candidates' columns too whenever every nucleus
-        lies among them (in eager mode: the choice depends on the logits)."""
+    def noise_widths(self, vocab: int) -> list[int]:
+        """Noise values each row draws per step."""
+        return [min(CANDIDATES, vocab) if ranked else vocab for ranked in self.ranked[:, 0].tolist()]
+
+    def penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         if self.all_penalty:
-            logits = penalise_repeats(logits, seen, self.penalty)
-        elif self.uses_penalty:  # only the rows that ask for it: the mask is a pass over the vocabulary
+            return penalise_repeats(logits, seen, self.penalty)
+        if self.uses_penalty:  # only the rows that ask for it: the mask is a pass over the vocabulary
             rows = self.penalty_rows
-            logits = logits.index_copy(0, rows, penalise_repeats(logits[rows], seen[rows], self.penalty[rows]))
-        ids = None
-        if self.candidates:
-            logits, ids = top_candidates(logits, CANDIDATES)
-            columns = torch.arange(logits.shape[1], device=logits.device)
-            logits = logits.masked_fill(columns >= self.top_k, float("-inf"))
-        elif self.k_max:
-            logits = logits.masked_fill(logits < kth_largest(logits, self.top_k, self.k_max), float("-inf"))
-        logits = logits / torch.where(self.greedy, 1.0, self.temperature)
-        if self.all_top_p and ids is None:  # when every nucleus is among the candidates, race there
-            logits, ids = nucleus_columns(logits, self.top_p)
-        elif self.all_top_p:
-            logits = nucleus(logits, self.top_p)
-        elif self.uses_top_p:  # its sort costs a row's worth each: only the rows that ask for it
-            rows = self.top_p_rows
-            logits = logits.index_copy(0, rows, nucleus(logits[rows], self.top_p[rows]))
-        return logits, ids
+            return logits.index_copy(0, rows, penalise_repeats(logits[rows], seen[rows], self.penalty[rows]))
+        return logits
 
-    def choose(self, scores: torch.Tensor, noise: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Each row's column (B, 1) of `distribution`'s scores: the likeliest for a greedy row, else
-        the winner of the race against `noise` (unread when greedy). Noise is drawn per column of
-        the race, or, when it spans the vocabulary, per token: then the candidates `ids` read theirs,
-        and the race has the winner it would have over the whole vocabulary."""
+    def race(self, logits: torch.Tensor, seen: torch.Tensor | None) -> Race:
+        """Each row's distribution over the next token, laid out for the race (see `Race`): repeats
+        penalised, divided by the temperature, what top-k and top-p leave out at -inf."""
+        logits = self.penalised(logits, seen)
+        temperature = torch.where(self.greedy, 1.0, self.temperature)
+        nucleus_rows = self.nucleus_rows[:0] if torch.compiler.is_compiling() else self.nucleus_rows
+        open_rows = self.unranked_rows if torch.compiler.is_compiling() else self.open_rows
+        scores = ids = None
+        if self.ranked_rows.numel() or nucleus_rows.numel():
+            scores, ids = self.candidates(logits, nucleus_rows)
+            columns = torch.arange(scores.shape[1], device=scores.device)
+            scores = scores.masked_fill(columns >= self.k_limit, float("-inf")) / temperature
+            if self.uses_top_p:
+                scores, short = self.nucleus_of_candidates(scores, logits, temperature, nucleus_rows)
+                open_rows = torch.cat([open_rows, short]).sort().values if short.numel() else open_rows
+        return Race(scores, ids, open_rows, self.open_scores(logits, temperature, open_rows))
+
+    def candidates(self, logits: torch.Tensor, nucleus_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's likeliest tokens, largest first: the k of the largest top k among ranked rows,
+        and CANDIDATES for rows that look for their nucleus there (the others padded with -inf)."""
+        width = min(CANDIDATES if nucleus_rows.numel() else self.k_max, logits.shape[1])
+        if not nucleus_rows.numel() or not self.ranked_rows.numel() or self.k_max >= width:
+            return top_candidates(logits, width)
+        scores = torch.full((logits.shape[0], width), float("-inf"), device=logits.device)
+        ids = torch.zeros(logits.shape[0], width, dtype=torch.long, device=logits.device)
+        for rows, k in ((self.ranked_rows, self.k_max), (nucleus_rows, width)):
+            if rows.numel():  # a top-k of 40 costs a third of one of 256 on a CPU
+                best, where = top_candidates(logits[rows], k)
+                scores[rows, :k], ids[rows, :k] = best, where
+        return scores, ids
+
+    def nucleus_of_candidates(self, scores: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor,
+                              nucleus_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates' scores with those outside each row's nucleus at -inf, and the rows with
+        only a top p whose nucleus reaches past their candidates (those race over the vocabulary).
+        A ranked row's probabilities are over its top k, a top-p-only row's over the vocabulary."""
+        total = scores.logsumexp(-1, keepdim=True)
+        if nucleus_rows.numel():
+            total = total.index_copy(0, nucleus_rows,
+                                     (logits[nucleus_rows] / temperature[nucleus_rows]).logsumexp(-1, keepdim=True))
+        probs = (scores - total).exp()
+        before = probs.cumsum(-1) - probs
+        scores = scores.masked_fill((before > self.top_p) & (self.top_p < 1), float("-inf"))
+        reach = (before[:, -1] + probs[:, -1])[nucleus_rows]
+        return scores, nucleus_rows[reach <= self.top_p[nucleus_rows, 0]]
+
+    def open_scores(self, logits: torch.Tensor, temperature: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """The scores over the whole vocabulary of the rows that race over it."""
+        if not rows.numel():
+            return None
+        every = rows.numel() == logits.shape[0]  # then rows is every row in order: no copies
+        logits = logits if every else logits[rows]
+        top_k, top_p = (self.top_k, self.top_p) if every else (self.top_k[rows], self.top_p[rows])
+        if self.beyond_candidates:
+            logits = logits.masked_fill(logits < kth_largest(logits, top_k, self.k_largest), float("-inf"))
+        logits = logits / (temperature if every else temperature[rows])
+        return sorted_nucleus(logits, top_p) if self.uses_top_p else logits
+
+    def choose(self, race: Race, noise: torch.Tensor) -> torch.Tensor:
+        """Each row's next token (B, 1): the likeliest for a greedy row, else the winner of its race
+        against `noise` (unread when greedy): a ranked row's by column, the others' by token."""
+        tokens = None
+        if race.scores is not None:
+            width = race.scores.shape[1]
+            own = noise[:, :width] if self.all_ranked else torch.where(self.ranked, noise[:, :width], noise.gather(1, race.ids))
+            tokens = race.ids.gather(1, self.winner(race.scores, own, self.greedy))
+        rows = race.open_rows
+        if race.open_scores is not None:
+            every = rows.numel() == noise.shape[0]
+            winners = self.winner(race.open_scores, noise if every else noise[rows], self.greedy if every else self.greedy[rows])
+            tokens = winners if tokens is None else tokens.index_copy(0, rows, winners)
+        return tokens
+
+    def winner(self, scores: torch.Tensor, noise: torch.Tensor, greedy: torch.Tensor) -> torch.Tensor:
         if self.all_greedy:
             return row_argmax(scores)
-        noise = noise.gather(1, ids) if ids is not None and not self.candidates else noise[:, :scores.shape[1]]
-        return row_argmax(torch.where(self.greedy, scores, scores - noise.log()))
+        return row_argmax(torch.where(greedy, scores, scores - noise.log()))
 
     def __call__(self, logits: torch.Tensor, seen: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
         """Each row's next token (B, 1)."""
-        scores, ids = self.distribution(logits, seen)
-        column = self.choose(scores, noise, ids)
-        return column if ids is None else ids.gather(1, column)
+        return self.choose(self.race(logits, seen), noise)
 
 
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
@@ -247,7 +291,7 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    noise = torch.empty(batch, sampler.width(vocab), device=ids.device)
+    noise = torch.empty(batch, sampler.noise_width(vocab), device=ids.device)
     out = torch.full((batch, max_new_tokens), EOT, dtype=ids.dtype, device=ids.device)
     token = torch.empty(batch, 1, dtype=ids.dtype, device=ids.device)  # the step's input, at one address
     cache = model.new_cache(batch, cache_size(ids.shape[1] + max_new_tokens, block))

@@ -8,7 +8,7 @@ from model import GPT, GPTConfig
 from model.evaluate import perplexity
 from model.lit import compiled_decoding, cosine_with_warmup, inference_device, inference_dtype, load_gpt
 from model.sample import (Sampler, cache_size, chunk_tops, chunked_argmax, exponential_noise, generate, kth_largest,
-                          nucleus, penalise_repeats, sample_text, sorted_nucleus)
+                          penalise_repeats, sample_text, sorted_nucleus)
 from model.bpe import EOT
 
 TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)
@@ -221,16 +221,28 @@ def test_generation_past_the_context_keeps_going(gpt):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    probs = Sampler.alike(1, "cpu", 1.0, None, 0.75, 1.0).distribution(logits, None)[0].softmax(-1)
+    probs = Sampler.alike(1, "cpu", 1.0, None, 0.75, 1.0).race(logits, None).scores.softmax(-1)
     assert torch.allclose(probs, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
 
 
-def test_top_p_among_the_likeliest_candidates_equals_a_full_sort():
+def test_a_nucleus_among_the_candidates_keeps_what_a_full_sort_keeps():
     torch.manual_seed(0)
-    top_p = torch.tensor([[0.9], [0.5], [1.0], [0.99], [0.1]])
+    top_p = torch.tensor([[0.9], [0.5], [0.99], [0.1]])
+    sampler = Sampler(torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.long), top_p, torch.ones(4, 1))
+    raced_where = set()
     for scale in (0.5, 3, 8, 20):  # flat rows need the full sort, peaked ones not
-        logits = torch.randn(5, 50257) * scale
-        assert torch.equal(nucleus(logits, top_p), sorted_nucleus(logits, top_p))
+        logits = torch.randn(4, 50257) * scale
+        race, full = sampler.race(logits, None), sorted_nucleus(logits, top_p)
+        opened = race.open_rows.tolist()
+        for row in range(4):
+            if row in opened:
+                assert torch.equal(race.open_scores[opened.index(row)], full[row])
+            else:
+                kept = race.scores[row].isfinite()
+                assert torch.equal(race.ids[row][kept].sort().values, torch.nonzero(full[row].isfinite()).flatten())
+                assert torch.equal(race.scores[row][kept], full[row][race.ids[row][kept]])
+            raced_where.add(row in opened)
+    assert raced_where == {True, False}
 
 
 def test_a_nucleus_among_the_candidates_is_raced_there_with_the_same_winner():
@@ -241,10 +253,30 @@ def test_a_nucleus_among_the_candidates_is_raced_there_with_the_same_winner():
     sampler = Sampler.alike(6, "cpu", 0.9, None, 0.9, 1.0)
     for scale, among_candidates in ((8, True), (0.5, False)):
         logits = torch.randn(6, 50257) * scale
-        assert (sampler.distribution(logits, None)[1] is not None) == among_candidates
+        assert (sampler.race(logits, None).open_rows.numel() == 0) == among_candidates
         noise = exponential_noise(torch.empty(6, 50257), torch.Generator().manual_seed(int(scale)))
         over_vocabulary = (sorted_nucleus(logits / 0.9, sampler.top_p) - noise.log()).argmax(-1, keepdim=True)
         assert torch.equal(sampler(logits, None, noise), over_vocabulary)
+
+
+def test_rows_with_different_settings_sample_as_they_would_alone():
+    """Each kind of row (top k, top k and top p, top p alone, no filter, a top k past the
+    candidates, greedy with a penalty) picks the same token batched as alone, from its own noise."""
+    torch.manual_seed(0)
+    settings = [(0.8, 40, None, 1.0), (1.0, 5, 0.5, 1.2), (0.9, None, 0.9, 1.0), (1.1, None, None, 1.0),
+                (1.0, 1000, None, 1.3), (0.0, 40, None, 1.5)]
+    rows = [Sampler.alike(1, "cpu", *s) for s in settings]
+    batch = Sampler(*(torch.cat([getattr(r, name) for r in rows]) for name in ("temperature", "top_k", "top_p", "penalty")))
+    for scale in (0.5, 8):
+        logits = torch.randn(len(rows), 50257) * scale
+        seen = torch.rand(len(rows), 50257) < 0.01
+        noise = torch.ones(len(rows), 50257)
+        for row, sampler in enumerate(rows):
+            exponential_noise(noise[row, :sampler.noise_width(50257)], torch.Generator().manual_seed(row))
+        together = batch(logits, seen, noise)
+        alone = [sampler(logits[r:r + 1], seen[r:r + 1], noise[r:r + 1, :sampler.noise_width(50257)])
+                 for r, sampler in enumerate(rows)]
+        assert torch.equal(together, torch.cat(alone))
 
 
 def test_chunked_row_reductions_agree_with_torch():
