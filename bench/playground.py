@@ -1,11 +1,12 @@
 """`make bench-playground`: the playground's continuous batch beside the command line's decoding.
 
 Eight requests with different prompts, lengths and sampling settings arrive `stagger_ms` apart and
-are decoded together (`model.batching`, 8 rows); the anchor is the same eight generated one after
-another by `make generate`'s path (`model.sample.generate`, batch 1), in the same run. Goal: the
-batch's aggregate tokens/s at least 3x the anchor's.
+are decoded together (`model.batching`: 8 rows, shared by `playground.decoders` threads); the
+anchor is the same eight generated one after another by `make generate`'s path
+(`model.sample.generate`, batch 1), in the same run. Goal: the batch's aggregate tokens/s at
+least 3x the anchor's.
 
-    python -m bench.playground [checkpoint=PATH | model=gpt2] [stagger_ms=50] [repeats=3] [device=auto]
+    python -m bench.playground [checkpoint=PATH | model=gpt2] [stagger_ms=50] [repeats=5] [device=auto] [decoders=auto]
 Default: the demo's checkpoint (`make demo` writes it); `model=NAME` uses random weights of that
 size instead (e.g. gpt2 on a GPU, where no checkpoint is at hand).
 """
@@ -19,8 +20,9 @@ import time
 import torch
 
 from flows.common import checkpoint_path, load_config
+from flows.playground import continuous_batch
 from model import GPT, GPTConfig
-from model.batching import BatchedGenerator, Request
+from model.batching import Request, decoding_plan
 from model.bpe import gpt2_encoding
 from model.lit import inference_device, inference_dtype, load_gpt
 from model.sample import generate, tokens_until_all_ended
@@ -62,10 +64,11 @@ def one_after_another(model: GPT) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
-def batched(model: GPT, stagger_s: float) -> tuple[float, int, list[dict]]:
+def batched(model: GPT, stagger_s: float, decoders: int | str) -> tuple[float, int, list[dict]]:
     """Seconds from the first arrival to the last answer, new tokens, and each request's figures,
-    for the requests arriving `stagger_s` apart at one continuous batch."""
-    engine, finished, results = BatchedGenerator(model, rows=len(REQUESTS)), threading.Semaphore(0), []
+    for the requests arriving `stagger_s` apart at the playground's continuous batch."""
+    engine = continuous_batch(model, {"batch": len(REQUESTS), "decoders": decoders})
+    finished, results = threading.Semaphore(0), []
 
     def on_event(event: dict) -> None:
         if event["type"] in ("done", "error"):
@@ -78,35 +81,41 @@ def batched(model: GPT, stagger_s: float) -> tuple[float, int, list[dict]]:
         time.sleep(stagger_s)
     for _ in REQUESTS:
         finished.acquire()
+    elapsed = time.perf_counter() - start
+    engine.close()
     errors = [r["message"] for r in results if r["type"] == "error"]
     if errors:
         raise SystemExit(f"error: a request failed: {errors[0]}")
-    return time.perf_counter() - start, sum(r["tokens"] for r in results), results
+    return elapsed, sum(r["tokens"] for r in results), results
 
 
 def main(args: list[str]) -> None:
     options = dict(a.split("=", 1) for a in args)
     model = load(options)
     stagger = float(options.get("stagger_ms", 50)) / 1000
-    repeats = int(options.get("repeats", 3))
+    repeats = int(options.get("repeats", 5))
+    decoders = options.get("decoders", load_config([])["playground"]["decoders"])
+    decoders = int(decoders) if decoders != "auto" else decoders
     generate(model, torch.tensor([[50256]], device=next(model.parameters()).device), 8)  # warm-up
-    batched(model, 0)
+    batched(model, 0, decoders)
     # the fastest of `repeats` runs of each, alternating, so that both see the same machine (timings
     # here wobble by 10-20% from one run to the next)
-    runs = [(one_after_another(model), batched(model, stagger)) for _ in range(repeats)]
+    runs = [(one_after_another(model), batched(model, stagger, decoders)) for _ in range(repeats)]
     seq_s, seq_tokens = min(run[0] for run in runs)
     batch_s, batch_tokens, results = min((run[1] for run in runs), key=lambda r: r[0])
     seq_rate, batch_rate = seq_tokens / seq_s, batch_tokens / batch_s
+    plan = decoding_plan(next(model.parameters()).device, len(REQUESTS), decoders)
     ttft = sorted(r["time_to_first_token_s"] for r in results)
     print(f"{len(REQUESTS)} requests, {stagger * 1000:.0f} ms apart, on {next(model.parameters()).device} "
           f"({model.num_params() / 1e6:.1f}M parameters)")
     print(f"  one after another (make generate's path): {seq_tokens} tokens in {seq_s:.2f} s = {seq_rate:,.1f} tokens/s")
-    print(f"  continuous batch (make playground):       {batch_tokens} tokens in {batch_s:.2f} s = {batch_rate:,.1f} tokens/s")
+    print(f"  continuous batch (make playground):       {batch_tokens} tokens in {batch_s:.2f} s = {batch_rate:,.1f} tokens/s"
+          f"  [{plan[0]} decoder(s) of {-(-len(REQUESTS) // plan[0])} rows, {plan[1] or 'default'} thread(s) each]")
     print(f"  ratio {batch_rate / seq_rate:.2f}x (goal >= 3x); time to first token median "
           f"{1000 * ttft[len(ttft) // 2]:.0f} ms, worst {1000 * ttft[-1]:.0f} ms")
     print(json.dumps({"bench": "playground", "requests": len(REQUESTS), "stagger_ms": stagger * 1000,
                       "sequential_tokens_per_s": round(seq_rate, 1), "batched_tokens_per_s": round(batch_rate, 1),
-                      "ratio": round(batch_rate / seq_rate, 2), "ttft_median_s": ttft[len(ttft) // 2]}))
+                      "ratio": round(batch_rate / seq_rate, 2), "decoders": plan[0], "ttft_median_s": ttft[len(ttft) // 2]}))
 
 
 if __name__ == "__main__":

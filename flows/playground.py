@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from flows.common import checkpoint_path, command
 from flows.schema import Sampling, describe
-from model.batching import BatchedGenerator
+from model.batching import BatchedGenerator, decoding_plan
 from model.lit import load_gpt
 
 
@@ -58,10 +58,16 @@ def build_app(cfg: dict[str, Any]) -> Any:
     from tasks.lm.playground import create_app
 
     settings = cfg["playground"]
-    engines = {name: BatchedGenerator(load_gpt(path, cfg["device"], cfg["dtype"]), settings["batch"])
+    engines = {name: continuous_batch(load_gpt(path, cfg["device"], cfg["dtype"]), settings)
                for name, path in playground_checkpoints(cfg).items()}
     defaults = {key: cfg[key] for key in Sampling.model_fields} | {"seed": cfg["seed"]}
     return create_app(engines, request_checker(settings["max_new_tokens"]), defaults)
+
+
+def continuous_batch(model: Any, settings: dict[str, Any]) -> BatchedGenerator:
+    """The continuous batch of `model` as `playground` settings lay it out."""
+    decoders, threads = decoding_plan(next(model.parameters()).device, settings["batch"], settings["decoders"])
+    return BatchedGenerator(model, settings["batch"], decoders, threads)
 
 
 def serve(cfg: dict[str, Any]) -> None:

@@ -202,6 +202,7 @@ class Playground(Strict):
     host: str
     port: Annotated[int, Field(ge=0, le=65535)]
     batch: Positive
+    decoders: Positive | Literal["auto"]
     max_new_tokens: Positive
     compare: str | None
 

@@ -7,10 +7,14 @@ step advances all rows at once. A request leaves when it ends (<|endoftext|> or 
 and its row takes the next request. The batch always has the same number of rows, finished or
 not, so every matrix product has the same shape and a row's numbers never depend on its
 neighbours: a request's text is the same alone or batched, for the same seed.
+
+On a CPU the rows are shared among a few decoding threads (`decoding_plan`), each with a batch of
+its own of the same size, so that a request samples the same text whichever decoder takes it.
 """
 from __future__ import annotations
 
 import codecs
+import os
 import queue
 import threading
 import time
@@ -24,6 +28,8 @@ from model.bpe import EOT, gpt2_encoding
 from model.sample import Race, Sampler, exponential_noise
 
 ALTERNATIVES = 5  # the likeliest tokens shown beside each sampled one
+ROWS_PER_DECODER = 4  # the fewest rows a CPU decoder gets by default
+SHUTTING_DOWN = "the playground is shutting down"
 
 
 @dataclass
@@ -64,10 +70,57 @@ class Row:
 
 
 class BatchedGenerator:
-    """A decoding thread over a fixed batch of `rows` rows of one model. `submit` queues a request."""
+    """Requests decoded in continuous batches: `decoders` threads share the `rows` (rounded up to a
+    multiple of them), each decoding its own rows in one batch with `threads` intra-op threads
+    (None: torch's default). `submit` queues a request; the first decoder with a free row takes it."""
 
-    def __init__(self, model: torch.nn.Module, rows: int = 8):
-        self.model, self.rows = model.eval(), rows
+    def __init__(self, model: torch.nn.Module, rows: int = 8, decoders: int = 1, threads: int | None = None):
+        self.waiting: queue.Queue[Request | None] = queue.Queue()
+        self.stop = threading.Event()
+        self.decoders = [Decoder(model.eval(), -(-rows // decoders), self.waiting, self.stop, threads)
+                         for _ in range(decoders)]
+
+    def submit(self, request: Request) -> None:
+        self.waiting.put(request)
+
+    def close(self) -> None:
+        """Stop the decoders and wait for them; the requests they hold or that wait end with an error
+        event. (A decoding thread still inside torch when the interpreter exits can abort it.)"""
+        self.stop.set()
+        for _ in self.decoders:
+            self.waiting.put(None)  # wakes a decoder waiting for a request
+        for decoder in self.decoders:
+            decoder.thread.join()
+        while not self.waiting.empty():  # requests no decoder took
+            if (request := self.waiting.get()) is not None:
+                request.on_event({"type": "error", "message": SHUTTING_DOWN})
+
+
+def decoding_plan(device: torch.device, rows: int, decoders: int | str = "auto") -> tuple[int, int | None]:
+    """How many decoders share `rows` on `device`, and the intra-op threads of each.
+
+    On a GPU, one decoder: its kernels queue on the one device anyway. On a CPU, "auto" is one
+    decoder per core, each keeping at least ROWS_PER_DECODER rows to batch, the cores split among
+    them. Two single-threaded decoders of 4 rows outran one two-threaded decoder of 8 on two cores
+    (gpt2-tiny and gpt2 alike): a decode step is many small operations, and threads that wait for
+    each other at every one of them cost more than they share; a second thread of OpenMP workers
+    also makes libgomp stop spinning and sleep between operations, once the process holds more
+    workers than there are cores."""
+    if device.type != "cpu":
+        return (1 if decoders == "auto" else decoders), None
+    cores = len(os.sched_getaffinity(0))
+    if decoders == "auto":
+        decoders = max(1, min(cores, rows // ROWS_PER_DECODER))
+    return decoders, max(1, cores // decoders)
+
+
+class Decoder:
+    """A decoding thread over a fixed batch of `rows` rows of one model, taking requests from
+    `waiting` until `stop` is set."""
+
+    def __init__(self, model: torch.nn.Module, rows: int, waiting: queue.Queue[Request | None], stop: threading.Event,
+                 threads: int | None):
+        self.model, self.rows, self.waiting, self.stop, self.threads = model, rows, waiting, stop, threads
         self.device = next(model.parameters()).device
         self.enc = gpt2_encoding()
         self.block = model.config.block_size
@@ -79,24 +132,20 @@ class BatchedGenerator:
         self.token = torch.full((rows, 1), EOT, dtype=torch.long, device=self.device)
         self.active: list[Row | None] = [None] * rows
         self.samplers: dict[tuple[int, ...], Sampler] = {}  # of groups of rows, while their requests last
-        self.waiting: queue.Queue[Request] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="playground-decoder", daemon=True)
         self.thread.start()
 
-    def submit(self, request: Request) -> None:
-        self.waiting.put(request)
-
     def _loop(self) -> None:
-        while True:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # this thread's own OpenMP and MKL settings
+        while not self.stop.is_set():
             self._admit(block=not any(self.active))
-            if any(self.active):
+            if any(self.active) and not self.stop.is_set():
                 try:
                     self._step()
                 except Exception as err:  # say so to every request in the batch, and go on serving
-                    for row, state in enumerate(self.active):
-                        if state is not None:
-                            self._release(row)
-                            state.request.on_event({"type": "error", "message": str(err)})
+                    self._fail_all(str(err))
+        self._fail_all(SHUTTING_DOWN)
 
     def _admit(self, block: bool) -> None:
         """Give each free row a waiting request (waiting for one when the batch is empty)."""
@@ -107,6 +156,8 @@ class BatchedGenerator:
                 request = self.waiting.get(block=block)
             except queue.Empty:
                 return
+            if request is None:  # woken to stop
+                return
             block = False
             if request.cancelled:
                 continue
@@ -115,6 +166,12 @@ class BatchedGenerator:
             except Exception as err:  # a request that cannot start must not stop the others
                 self._release(row)
                 request.on_event({"type": "error", "message": str(err)})
+
+    def _fail_all(self, message: str) -> None:
+        for row, state in enumerate(self.active):
+            if state is not None:
+                self._release(row)
+                state.request.on_event({"type": "error", "message": message})
 
     @torch.no_grad()
     def _start(self, row: int, request: Request) -> None:

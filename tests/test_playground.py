@@ -55,9 +55,10 @@ def run(engine: BatchedGenerator, requests: list[tuple[str, dict]], stagger_s: f
     return events
 
 
-def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli():
+@pytest.mark.parametrize("decoders", [1, 2])
+def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli(decoders):
     model = tiny_gpt(0)
-    engine = BatchedGenerator(model, rows=4)  # five requests for four rows: one waits for a free row
+    engine = BatchedGenerator(model, rows=4, decoders=decoders, threads=1)  # five requests for four rows: one waits
     batched = run(engine, REQUESTS)
     for (prompt, settings), together in zip(REQUESTS, batched):
         [alone] = run(engine, [(prompt, settings)])
@@ -71,6 +72,21 @@ def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli():
     assert [e[-1]["tokens"] for e in batched][0] == 80  # past the context, as the command line goes on
     token = next(e for e in batched[0] if e["type"] == "token")
     assert 0 < token["p"] <= 1 and len(token["alternatives"]) == 5
+    engine.close()
+
+
+def test_closing_ends_the_requests_in_flight_and_the_threads():
+    engine, events, started = BatchedGenerator(tiny_gpt(0), rows=2, decoders=2, threads=1), [], threading.Event()
+
+    def on_event(event: dict) -> None:
+        events.append(event)
+        started.set()
+
+    engine.submit(Request("Hello", max_new_tokens=100_000, on_event=on_event))
+    assert started.wait(60)
+    engine.close()
+    assert not any(decoder.thread.is_alive() for decoder in engine.decoders)
+    assert events[-1] == {"type": "error", "message": "the playground is shutting down"}
 
 
 @contextmanager
@@ -107,17 +123,22 @@ def playground(app):
 def test_a_page_that_goes_away_frees_its_row(app):
     body = {"prompt": "Hello", "max_new_tokens": 400, "temperature": 0.8, "top_k": 40, "top_p": None,
             "repetition_penalty": 1.0, "seed": 3, "model": "first"}
-    engine, finished = app.state.engines["first"], []
-    engine._finish = lambda row, now, finish=engine._finish: (finished.append(row), finish(row, now))
+    decoders, finished = app.state.engines["first"].decoders, []
+    for decoder in decoders:
+        decoder._finish = lambda row, now, finish=decoder._finish: (finished.append(row), finish(row, now))
+
+    def rows_in_use() -> int:
+        return sum(state is not None for decoder in decoders for state in decoder.active)
+
     with served(app) as url:
         with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as response:
             next(response.iter_lines())  # the first token came: its request holds a row
-            assert any(engine.active)
+            assert rows_in_use() == 1
         for _ in range(100):  # the connection is closed: the request is cancelled within a few steps
-            if not any(engine.active):
+            if not rows_in_use():
                 break
             time.sleep(0.05)
-        assert not any(engine.active) and finished == []  # cancelled, not run to its 400 tokens
+        assert not rows_in_use() and finished == []  # cancelled, not run to its 400 tokens
 
 
 def test_the_stream_carries_tokens_then_the_figures_and_bad_values_get_one_line(playground):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ def create_app(engines: dict[str, BatchedGenerator], check: Callable[[dict[str, 
                defaults: dict[str, Any]) -> FastAPI:
     """The app over one engine per checkpoint (by name, in the order the page shows them). `check`
     turns a request's JSON into sampling settings or raises ValueError with one line to show."""
-    app = FastAPI(title="opengpt2 playground")
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for engine in engines.values():  # let the decoding threads end before the interpreter does
+            engine.close()
+
+    app = FastAPI(title="opengpt2 playground", lifespan=lifespan)
     app.state.engines = engines
     page = PAGE.read_text().replace("__CONFIG__", json.dumps({"models": list(engines), "defaults": defaults}))
 
