@@ -45,7 +45,7 @@ def request_checker(limit: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
         try:
             settings = PlaygroundRequest.model_validate(body).model_dump()
         except ValidationError as err:
-            raise ValueError("; ".join(describe(e) for e in err.errors())) from None
+            raise ValueError(describe(err.errors())) from None
         if settings["max_new_tokens"] > limit:
             raise ValueError(f"max_new_tokens={settings['max_new_tokens']}: at most {limit} here "
                              "(playground.max_new_tokens)")

@@ -234,18 +234,37 @@ def check(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         Config.model_validate(cfg)
     except ValidationError as err:
-        raise ConfigError("; ".join(describe(e) for e in err.errors())) from None
+        raise ConfigError(describe(err.errors())) from None
     return cfg
 
 
-def describe(error: dict[str, Any]) -> str:
-    """'trainer.max_steps=abc: Input should be a valid integer' for one validation error."""
-    loc = [str(part) for part in error["loc"] if not str(part).startswith(("function-after", "tagged-union"))]
+def describe(errors: list[dict[str, Any]]) -> str:
+    """'trainer.max_steps=abc: Input should be a valid integer' per wrong key, joined by '; '. The
+    members of a union that all refused one value make one line: 'Input should be greater than 0
+    or 'auto''."""
+    lines: dict[str, list[str]] = {}
+    for error in errors:
+        head, message = describe_one(error)
+        lines.setdefault(head, []).append(message)
+    return "; ".join(f"{head}: {messages[0]}" + "".join(f" or {m.removeprefix('Input should be ')}" for m in messages[1:])
+                     for head, messages in lines.items())
+
+
+def describe_one(error: dict[str, Any]) -> tuple[str, str]:
+    """A validation error as 'key=value' (or 'key') and its message."""
+    loc = [str(part) for part in error["loc"] if not union_member(str(part))]
     key = ".".join(loc)
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (a typo? see conf/)"
+        return key, "unknown key (a typo? see conf/)"
     if error["type"] == "missing":
-        return f"{key}: missing"
+        return key, "missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    return f"{key}: {message}" if isinstance(value, (dict, list)) else f"{key}={value}: {message}"
+    return (key if isinstance(value, (dict, list)) else f"{key}={value}"), message
+
+
+def union_member(part: str) -> bool:
+    """Whether a part of an error's location names a member of a union type, not a key:
+    'function-after[…]', "literal['auto']", 'constrained-int', 'bool'."""
+    return part.startswith(("function-after", "tagged-union")) or any(c in part for c in "[-'") or \
+        part in ("bool", "int", "float", "str")

@@ -18,6 +18,7 @@ CONF = REPO / "conf"
     ("flows.train", ["trainer.max_steps=abc"], "trainer.max_steps=abc: Input should be a valid integer"),
     ("flows.generate", ["top_p=1.5", "temperature=-1", "top_k=-5"], "temperature=-1"),
     ("flows.train", ["trainer.max_stepz=3"], "Could not override 'trainer.max_stepz'"),
+    ("flows.playground", ["playground.decoders=0"], "playground.decoders=0: Input should be greater than 0 or 'auto'"),
     ("flows.train", ["trainer=gpux"], "Could not find 'trainer/gpux'"),
     ("flows.corpus", ["corpus=pushshift", "corpus.dumps=[/nonexistent/RS_x.zst]"], "dump /nonexistent/RS_x.zst does not exist"),
     ("flows.corpus", ["corpus.source=warc"], "corpus.source=warc needs corpus.warc_files"),
