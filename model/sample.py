@@ -22,7 +22,12 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: t
     less likely, whatever their sign."""
     if seen is None:
         return logits
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    return torch.where(seen, repeated(logits, penalty), logits)
+
+
+def repeated(logits: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """Logits of tokens seen before, made less likely by `penalty`."""
+    return torch.where(logits > 0, logits / penalty, logits * penalty)
 
 
 def chunked(rows: torch.Tensor) -> torch.Tensor:
@@ -170,12 +175,15 @@ class Sampler:
         return [min(CANDIDATES, vocab) if ranked else vocab for ranked in self.ranked[:, 0].tolist()]
 
     def penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
-        if self.all_penalty:
+        """The logits with the repetition penalty applied to the rows that ask for it."""
+        if not self.uses_penalty:
+            return logits
+        if torch.compiler.is_compiling():  # a captured graph needs fixed shapes: a pass over the vocabulary
             return penalise_repeats(logits, seen, self.penalty)
-        if self.uses_penalty:  # only the rows that ask for it: the mask is a pass over the vocabulary
-            rows = self.penalty_rows
-            return logits.index_copy(0, rows, penalise_repeats(logits[rows], seen[rows], self.penalty[rows]))
-        return logits
+        # the few tokens seen so far, not the vocabulary: a tenth of the time on a CPU
+        rows, columns = (seen if self.all_penalty else seen[self.penalty_rows]).nonzero(as_tuple=True)
+        rows = rows if self.all_penalty else self.penalty_rows[rows]
+        return logits.index_put((rows, columns), repeated(logits[rows, columns], self.penalty[rows, 0]))
 
     def race(self, logits: torch.Tensor, seen: torch.Tensor | None) -> Race:
         """Each row's distribution over the next token, laid out for the race (see `Race`): repeats
