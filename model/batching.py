@@ -79,6 +79,8 @@ class BatchedGenerator:
         self.stop = threading.Event()
         self.decoders = [Decoder(model.eval(), -(-rows // decoders), self.waiting, self.stop, threads)
                          for _ in range(decoders)]
+        for decoder in self.decoders:
+            decoder.peers = self.decoders
 
     def submit(self, request: Request) -> None:
         self.waiting.put(request)
@@ -132,6 +134,7 @@ class Decoder:
         self.token = torch.full((rows, 1), EOT, dtype=torch.long, device=self.device)
         self.active: list[Row | None] = [None] * rows
         self.samplers: dict[tuple[int, ...], Sampler] = {}  # of groups of rows, while their requests last
+        self.peers: list[Decoder] = [self]  # the decoders sharing `waiting`
         self.thread = threading.Thread(target=self._loop, name="playground-decoder", daemon=True)
         self.thread.start()
 
@@ -148,10 +151,14 @@ class Decoder:
         self._fail_all(SHUTTING_DOWN)
 
     def _admit(self, block: bool) -> None:
-        """Give each free row a waiting request (waiting for one when the batch is empty)."""
+        """Give each free row a waiting request (waiting for one when the batch is empty), as long as
+        no other decoder has fewer requests: that one takes the next on its next step, so that the
+        requests spread evenly and every decoder's step stays short."""
         for row in range(self.rows):
             if self.active[row] is not None:
                 continue
+            if any(peer.in_use() < self.in_use() for peer in self.peers):
+                return
             try:
                 request = self.waiting.get(block=block)
             except queue.Empty:
@@ -166,6 +173,9 @@ class Decoder:
             except Exception as err:  # a request that cannot start must not stop the others
                 self._release(row)
                 request.on_event({"type": "error", "message": str(err)})
+
+    def in_use(self) -> int:
+        return sum(state is not None for state in self.active)
 
     def _fail_all(self, message: str) -> None:
         for row, state in enumerate(self.active):

@@ -75,6 +75,18 @@ def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli(decoders
     engine.close()
 
 
+def test_a_request_goes_to_the_decoder_with_the_fewest_requests():
+    engine = BatchedGenerator(tiny_gpt(0), rows=4, decoders=2, threads=1)
+    engine.close()  # their threads stopped: _admit is called here, one decoder at a time
+    busy, idle = engine.decoders
+    busy.active[0] = "a request"  # taken as in use
+    engine.waiting.put(Request("Hello", max_new_tokens=3, on_event=lambda event: None))
+    busy._admit(block=False)
+    assert busy.in_use() == 1 and engine.waiting.qsize() == 1  # left for the idle one
+    idle._admit(block=False)
+    assert idle.in_use() == 1 and engine.waiting.empty()
+
+
 def test_closing_ends_the_requests_in_flight_and_the_threads():
     engine, events, started = BatchedGenerator(tiny_gpt(0), rows=2, decoders=2, threads=1), [], threading.Event()
 
