@@ -71,12 +71,12 @@ def continuous_batch(model: Any, settings: dict[str, Any]) -> BatchedGenerator:
 
 
 def serve(cfg: dict[str, Any]) -> None:
-    import uvicorn
+    from tasks.lm.playground import run_server
 
     app = build_app(cfg)
     host, port = cfg["playground"]["host"], cfg["playground"]["port"]
     print(f"playground: http://{host}:{port}  (Ctrl+C stops it)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, host, port)
 
 
 main = command(serve, playground_checkpoints)

@@ -18,6 +18,7 @@ from flows.playground import build_app
 from model.batching import BatchedGenerator, Request
 from model.gpt import GPT, GPTConfig
 from model.sample import sample_text
+from tasks.lm.playground import PlaygroundServer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUESTS = [  # different prompts, lengths and settings; the first runs past the 64-token context
@@ -102,14 +103,17 @@ def test_closing_ends_the_requests_in_flight_and_the_threads():
 
 
 @contextmanager
-def served(app):
-    """The app on a free loopback port, in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def served(app, stopped: threading.Event | None = None):
+    """The app on a free loopback port, in a thread, as `make playground` serves it; yields its base
+    URL. Setting `stopped` stops the server as Ctrl+C would."""
+    server = PlaygroundServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
+    if stopped is not None:
+        threading.Thread(target=lambda: (stopped.wait(), setattr(server, "should_exit", True)), daemon=True).start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -151,6 +155,19 @@ def test_a_page_that_goes_away_frees_its_row(app):
                 break
             time.sleep(0.05)
         assert not rows_in_use() and finished == []  # cancelled, not run to its 400 tokens
+
+
+def test_stopping_the_server_ends_a_stream_in_flight_at_once(app):
+    body = {"prompt": "Hello", "max_new_tokens": 400, "temperature": 0.8, "top_k": 40, "top_p": None,
+            "repetition_penalty": 1.0, "seed": 3, "model": "first"}
+    stop = threading.Event()
+    with served(app, stop) as url:
+        with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            next(lines)
+            stop.set()  # uvicorn would wait for the stream's 400 tokens before the app's shutdown
+            events = [json.loads(line) for line in lines if line]
+    assert events[-1] == {"type": "error", "message": "the playground is shutting down"} and len(events) < 399
 
 
 def test_the_stream_carries_tokens_then_the_figures_and_bad_values_get_one_line(playground):

@@ -8,12 +8,13 @@ with no framework queue between the page and the batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
@@ -26,7 +27,7 @@ def create_app(engines: dict[str, BatchedGenerator], check: Callable[[dict[str, 
                defaults: dict[str, Any]) -> FastAPI:
     """The app over one engine per checkpoint (by name, in the order the page shows them). `check`
     turns a request's JSON into sampling settings or raises ValueError with one line to show."""
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         for engine in engines.values():  # let the decoding threads end before the interpreter does
@@ -69,3 +70,19 @@ async def stream(engine: BatchedGenerator, settings: dict[str, Any]) -> AsyncIte
                 return
     finally:
         request.cancelled = True
+
+
+class PlaygroundServer(uvicorn.Server):
+    """uvicorn, ending the streams in flight when it stops: uvicorn waits for open requests before
+    the app's shutdown, and a stream of 1,024 tokens can take a minute on a CPU."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        for engine in self.config.app.state.engines.values():
+            engine.close()  # each request in flight gets its error event, and its stream ends
+        await super().shutdown(sockets)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` until Ctrl+C (uvicorn raises it again once stopped, as `uvicorn.run` also ignores)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        PlaygroundServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
