@@ -110,7 +110,7 @@ def decoding_plan(device: torch.device, rows: int, decoders: int | str = "auto")
     workers than there are cores."""
     if device.type != "cpu":
         return (1 if decoders == "auto" else decoders), None
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not on macOS
     if decoders == "auto":
         decoders = max(1, min(cores, rows // ROWS_PER_DECODER))
     return decoders, max(1, cores // decoders)
