@@ -72,8 +72,8 @@ class Row:
 class BatchedGenerator:
     """Requests decoded in continuous batches: `decoders` threads share the `rows` (rounded up to a
     multiple of them), each decoding its own rows in one batch with `threads` intra-op threads
-    (None: torch's default). `submit` queues a request; a decoder with a free row and no fewer
-    requests than the others takes it."""
+    (None: torch's default). `submit` queues a request; a decoder holding the fewest requests
+    takes it."""
 
     def __init__(self, model: torch.nn.Module, rows: int = 8, decoders: int = 1, threads: int | None = None):
         self.waiting: queue.Queue[Request | None] = queue.Queue()
