@@ -150,15 +150,14 @@ class Sampler:
         """Read which filters the rows use, once per change of settings, never in a decode step."""
         k, p = self.top_k[:, 0], self.top_p[:, 0]
         ranked, nucleus = (k > 0) & (k <= CANDIDATES), (k == 0) & (p < 1)
-        self.ranked = ranked[:, None]
-        self.all_ranked = bool(ranked.all())
+        self.ranked, self.row_ranked = ranked[:, None], ranked.tolist()
+        self.all_ranked = all(self.row_ranked)
         self.ranked_rows = torch.nonzero(ranked).flatten()
         self.k_max = int(k[ranked].max()) if self.ranked_rows.numel() else 0
         self.k_limit = torch.where(self.ranked, self.top_k, CANDIDATES)  # columns past it leave the race
         self.nucleus_rows = torch.nonzero(nucleus).flatten()
         self.open_rows = torch.nonzero(~ranked & ~nucleus).flatten()
         self.unranked_rows = torch.nonzero(~ranked).flatten()  # the open rows under torch.compile
-        self.beyond_candidates = bool((k > CANDIDATES).any())
         self.k_largest = int(k.max())
         self.uses_top_p = bool((p < 1).any())
         self.penalty_rows = torch.nonzero(self.penalty[:, 0] != 1).flatten()
@@ -166,13 +165,13 @@ class Sampler:
         self.greedy = self.temperature == 0
         self.all_greedy = bool(self.greedy.all())
 
-    def noise_width(self, vocab: int) -> int:
-        """Noise values a row draws per step (the most any row draws)."""
-        return min(CANDIDATES, vocab) if self.all_ranked else vocab
-
     def noise_widths(self, vocab: int) -> list[int]:
         """Noise values each row draws per step."""
-        return [min(CANDIDATES, vocab) if ranked else vocab for ranked in self.ranked[:, 0].tolist()]
+        return [min(CANDIDATES, vocab) if ranked else vocab for ranked in self.row_ranked]
+
+    def noise_width(self, vocab: int) -> int:
+        """Noise values a row draws per step (the most any row draws)."""
+        return max(self.noise_widths(vocab))
 
     def penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         """The logits with the repetition penalty applied to the rows that ask for it."""
@@ -238,7 +237,7 @@ class Sampler:
         every = rows.numel() == logits.shape[0]  # then rows is every row in order: no copies
         logits = logits if every else logits[rows]
         top_k, top_p = (self.top_k, self.top_p) if every else (self.top_k[rows], self.top_p[rows])
-        if self.beyond_candidates:
+        if self.k_largest > CANDIDATES:
             logits = logits.masked_fill(logits < kth_largest(logits, top_k, self.k_largest), float("-inf"))
         logits = logits / (temperature if every else temperature[rows])
         return sorted_nucleus(logits, top_p) if self.uses_top_p else logits

@@ -27,13 +27,7 @@ def create_app(engines: dict[str, BatchedGenerator], check: Callable[[dict[str, 
                defaults: dict[str, Any]) -> FastAPI:
     """The app over one engine per checkpoint (by name, in the order the page shows them). `check`
     turns a request's JSON into sampling settings or raises ValueError with one line to show."""
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        for engine in engines.values():  # let the decoding threads end before the interpreter does
-            engine.close()
-
-    app = FastAPI(title="opengpt2 playground", lifespan=lifespan)
+    app = FastAPI(title="opengpt2 playground")
     app.state.engines = engines
     page = PAGE.read_text().replace("__CONFIG__", json.dumps({"models": list(engines), "defaults": defaults}))
 
@@ -73,8 +67,9 @@ async def stream(engine: BatchedGenerator, settings: dict[str, Any]) -> AsyncIte
 
 
 class PlaygroundServer(uvicorn.Server):
-    """uvicorn, ending the streams in flight when it stops: uvicorn waits for open requests before
-    the app's shutdown, and a stream of 1,024 tokens can take a minute on a CPU."""
+    """uvicorn, ending the app's decoders when it stops, before it waits for open requests: each
+    stream in flight ends at once (a stream of 1,024 tokens can take a minute on a CPU), and no
+    decoding thread outlives the interpreter."""
 
     async def shutdown(self, sockets: Any = None) -> None:
         for engine in self.config.app.state.engines.values():
