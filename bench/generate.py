@@ -50,7 +50,7 @@ def main(args: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:  # the very same weights for both
         ours.to_hf(folder)
         hf = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
-    ours, hf = ours.to(device, dtype).eval(), hf.to(device, dtype).eval()
+    ours, hf = ours.to(device, dtype).eval().pack_for_cpu(), hf.to(device, dtype).eval()  # ours as load_gpt gives it
     prompt = torch.randint(0, 50257, (1, PROMPT_TOKENS), device=device)
 
     def run_ours(seed: int = 0) -> torch.Tensor:

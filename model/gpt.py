@@ -16,6 +16,9 @@ from torch.utils.checkpoint import checkpoint
 
 # transformers stores these as Conv1D, whose weight is the transpose of nn.Linear's
 HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# oneDNN lays a packed weight out for products of about this many rows: 4 and 8 measured alike, and
+# faster than a layout for 1 even on one row (the results are the same)
+PACKED_FOR_ROWS = 8
 
 
 @dataclass
@@ -79,14 +82,33 @@ class KVCache:
 
 
 class Linear(nn.Linear):
-    """nn.Linear that, under torch.compile, computes one token's product as multiply-and-sum. Inductor
-    writes that as a Triton reduction fused with what surrounds it (bias, GELU, residual), where a
-    matrix library would launch kernels that take longer than reading the weights: decoding speed."""
+    """nn.Linear with two faster ways to run inference:
+    - under torch.compile, one token's product as multiply-and-sum. Inductor writes that as a Triton
+      reduction fused with what surrounds it (bias, GELU, residual), where a matrix library would
+      launch kernels that take longer than reading the weights: decoding speed on a GPU;
+    - on a CPU, after `pack()`, oneDNN's product over a copy of the weight laid out for it once, as
+      PyTorch's own CPU compiler does for a frozen model. On a few rows (decoding) it measured 2-4x
+      faster than the default (MKL's) on an AMD EPYC, where MKL's fp32 product of one row uses
+      neither a second core nor the weight's row-major layout well. Used only without autograd, and
+      only while the weight is the one packed: training, or weights changed since, take the plain path.
+    """
+
+    packed: tuple[torch.Tensor, tuple[int, int]] | None = None  # oneDNN's layout, and the weight it was made from
+
+    def pack(self) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACKED_FOR_ROWS), self._weight_key()
+
+    def _weight_key(self) -> tuple[int, int]:
+        return self.weight.data_ptr(), self.weight._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.shape[-2] == 1:
-            y = (x.unsqueeze(-2) * self.weight).sum(-1)
-            return y if self.bias is None else y + self.bias
+        if torch.compiler.is_compiling():
+            if x.shape[-2] == 1:
+                y = (x.unsqueeze(-2) * self.weight).sum(-1)
+                return y if self.bias is None else y + self.bias
+        elif self.packed is not None and not torch.is_grad_enabled() and self.packed[1] == self._weight_key():
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.packed[0], self.bias, "none", [], "")
+            return y.view(*x.shape[:-1], y.shape[-1])
         return super().forward(x)
 
 
@@ -173,6 +195,16 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6 per parameter, plus attention's 12 * layers * width * context."""
         c = self.config
         return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def pack_for_cpu(self) -> GPT:
+        """On a CPU in float32 with oneDNN at hand, every Linear packed for inference (see `Linear`):
+        decoding twice as fast, for a second copy of the weights in memory."""
+        weight = self.lm_head.weight
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            for module in self.modules():
+                if isinstance(module, Linear):
+                    module.pack()
+        return self
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = self.wte.weight

@@ -176,4 +176,4 @@ def load_gpt(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> GP
         model = GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location="cpu",
                                                   weights_only=True).model  # a crafted file cannot run code
     target = inference_device(device)
-    return model.to(target, inference_dtype(dtype, target)).eval()
+    return model.to(target, inference_dtype(dtype, target)).eval().pack_for_cpu()

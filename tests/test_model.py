@@ -178,6 +178,36 @@ def test_load_gpt_in_bf16_keeps_the_model(gpt, tmp_path):
     assert generate(half, ids, 10, temperature=0.8, top_k=40).shape == (1, 50)
 
 
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+def onednn_products(model, ids) -> int:
+    """How many of oneDNN's packed products a forward pass of `model` ran."""
+    with torch.profiler.profile() as prof:
+        model(ids)
+    return sum(event.name == "mkldnn::_linear_pointwise" for event in prof.events())
+
+
+@needs_onednn
+def test_packed_linears_compute_what_plain_ones_do_without_autograd(gpt):
+    ids = torch.randint(0, 50257, (3, 20))
+    with torch.no_grad():
+        plain = gpt(ids)
+        assert onednn_products(gpt, ids) == 0
+        gpt.pack_for_cpu()
+        assert onednn_products(gpt, ids) == 4 * TINY.n_layer + 1  # every Linear, the output layer included
+        assert torch.allclose(gpt(ids), plain, atol=1e-5)
+        gpt.lm_head.weight.mul_(2)  # a weight changed after packing is read unpacked
+        assert onednn_products(gpt, ids) == 4 * TINY.n_layer
+        changed = gpt(ids)
+    assert onednn_products(gpt, ids) == 0  # training takes the plain path
+    assert torch.allclose(changed, gpt(ids), atol=1e-5)
+
+
+def test_only_a_float32_model_on_a_cpu_is_packed(gpt):
+    assert gpt.to(torch.bfloat16).pack_for_cpu().lm_head.packed is None
+
+
 def naive_greedy(model, ids, n):
     """Greedy decoding without a cache: the whole sequence through the model for every token."""
     for _ in range(n):
