@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from flows.common import checkpoint_path, command
 from flows.schema import Sampling, describe
-from model.batching import BatchedGenerator, decoding_plan
+from model.batching import BatchedGenerator, decoding_plan, leave_cores_to_decoders
 from model.lit import load_gpt
 
 
@@ -57,22 +57,23 @@ def build_app(cfg: dict[str, Any]) -> Any:
     """The playground's app for `cfg`: its checkpoints loaded, one continuous batch each."""
     from tasks.lm.playground import create_app
 
-    settings = cfg["playground"]
-    engines = {name: continuous_batch(load_gpt(path, cfg["device"], cfg["dtype"]), settings)
-               for name, path in playground_checkpoints(cfg).items()}
+    settings, paths = cfg["playground"], playground_checkpoints(cfg)
+    engines = {name: continuous_batch(load_gpt(path, cfg["device"], cfg["dtype"]), settings, len(paths))
+               for name, path in paths.items()}
     defaults = {key: cfg[key] for key in Sampling.model_fields} | {"seed": cfg["seed"]}
     return create_app(engines, request_checker(settings["max_new_tokens"]), defaults)
 
 
-def continuous_batch(model: Any, settings: dict[str, Any]) -> BatchedGenerator:
-    """The continuous batch of `model` as `playground` settings lay it out."""
-    decoders, threads = decoding_plan(next(model.parameters()).device, settings["batch"], settings["decoders"])
+def continuous_batch(model: Any, settings: dict[str, Any], engines: int = 1) -> BatchedGenerator:
+    """The continuous batch of `model` as `playground` settings lay it out, one of `engines` served."""
+    decoders, threads = decoding_plan(next(model.parameters()).device, settings["batch"], settings["decoders"], engines)
     return BatchedGenerator(model, settings["batch"], decoders, threads)
 
 
 def serve(cfg: dict[str, Any]) -> None:
     from tasks.lm.playground import run_server
 
+    leave_cores_to_decoders()
     app = build_app(cfg)
     host, port = cfg["playground"]["host"], cfg["playground"]["port"]
     print(f"playground: http://{host}:{port}  (Ctrl+C stops it)", flush=True)

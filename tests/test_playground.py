@@ -56,9 +56,9 @@ def run(engine: BatchedGenerator, requests: list[tuple[str, dict]], stagger_s: f
     return events
 
 
-@pytest.mark.parametrize("decoders", [1, 2])
-def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli(decoders):
-    model = tiny_gpt(0)
+@pytest.mark.parametrize("decoders, packed", [(1, True), (2, True), (1, False)])
+def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli(decoders, packed):
+    model = tiny_gpt(0).pack_for_cpu() if packed else tiny_gpt(0)  # packed: as load_gpt gives it on a CPU
     engine = BatchedGenerator(model, rows=4, decoders=decoders, threads=1)  # five requests for four rows: one waits
     batched = run(engine, REQUESTS)
     for (prompt, settings), together in zip(REQUESTS, batched):
