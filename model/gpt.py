@@ -197,10 +197,11 @@ class GPT(nn.Module):
         return 6 * sum(p.numel() for p in self.parameters()) + 12 * c.n_layer * c.n_embd * c.block_size
 
     def pack_for_cpu(self) -> GPT:
-        """On a CPU in float32 with oneDNN at hand, every Linear packed for inference (see `Linear`):
-        decoding twice as fast, for a second copy of the weights in memory."""
+        """On a CPU in float32 or bfloat16 with oneDNN at hand, every Linear packed for inference (see
+        `Linear`): decoding 2-3x as fast, for a second copy of the weights in memory."""
         weight = self.lm_head.weight
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        if (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
+                and torch.backends.mkldnn.is_available()):
             for module in self.modules():
                 if isinstance(module, Linear):
                     module.pack()

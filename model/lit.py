@@ -167,13 +167,15 @@ def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def load_gpt(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> GPT:
+def load_gpt(checkpoint: str, device: str = "cpu", dtype: str = "float32", pack: bool = True) -> GPT:
     """The GPT in a checkpoint of this project's training (a file, or a DeepSpeed ZeRO folder), or in
-    a transformers GPT-2 folder, in eval mode on `device` in `dtype` (both may be `auto`)."""
+    a transformers GPT-2 folder, in eval mode on `device` in `dtype` (both may be `auto`), packed for
+    inference on a CPU unless `pack` is False (`GPT.pack_for_cpu`: a second copy of the weights)."""
     if (Path(checkpoint) / "config.json").exists():
         model = GPT.from_hf(checkpoint)
     else:
         model = GPTLightning.load_from_checkpoint(consolidated(checkpoint), map_location="cpu",
                                                   weights_only=True).model  # a crafted file cannot run code
     target = inference_device(device)
-    return model.to(target, inference_dtype(dtype, target)).eval().pack_for_cpu()
+    model = model.to(target, inference_dtype(dtype, target)).eval()
+    return model.pack_for_cpu() if pack else model

@@ -204,8 +204,15 @@ def test_packed_linears_compute_what_plain_ones_do_without_autograd(gpt):
     assert torch.allclose(changed, gpt(ids), atol=1e-5)
 
 
-def test_only_a_float32_model_on_a_cpu_is_packed(gpt):
-    assert gpt.to(torch.bfloat16).pack_for_cpu().lm_head.packed is None
+@needs_onednn
+def test_a_bfloat16_model_is_packed_too_and_float16_is_not(gpt):
+    ids = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad():
+        half = gpt.to(torch.bfloat16)
+        plain = half(ids)
+        assert onednn_products(half.pack_for_cpu(), ids) == 4 * TINY.n_layer + 1
+        assert torch.allclose(half(ids).float(), plain.float(), atol=0.02)
+        assert onednn_products(gpt.to(torch.float16).pack_for_cpu(), ids) == 0
 
 
 def naive_greedy(model, ids, n):

@@ -15,7 +15,7 @@ from model.lit import consolidated, load_gpt
 
 def export_hf(checkpoint: str, out_dir: str, corpus_manifest: str | None) -> str:
     """Write `checkpoint` to `out_dir` (weights, tokenizer, README.md); returns the folder."""
-    load_gpt(checkpoint).to_hf(out_dir)
+    load_gpt(checkpoint, pack=False).to_hf(out_dir)
     hf_tokenizer().save_pretrained(out_dir)
     facts = training_facts(checkpoint)
     corpus = json.loads(Path(corpus_manifest).read_text()) if corpus_manifest and Path(corpus_manifest).exists() else {}
