@@ -137,7 +137,7 @@ def main(args: list[str]) -> None:
     seq_s, seq_tokens = min(run[0] for run in runs)
     batch_s, batch_tokens, results = min((run[1] for run in runs), key=lambda r: r[0])
     seq_rate, batch_rate = seq_tokens / seq_s, batch_tokens / batch_s
-    plan = decoding_plan(next(model.parameters()).device, len(REQUESTS), decoders)
+    plan = decoding_plan(next(model.parameters()).device, decoders)
     ttft = sorted(r["time_to_first_token_s"] for r in results)
     apart = f"{stagger * first[1] / first[0]:.0f} one-row tokens ({stagger * 1000:.0f} ms)"
     print(f"{len(REQUESTS)} requests, {apart} apart, on {next(model.parameters()).device} "

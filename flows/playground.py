@@ -66,7 +66,7 @@ def build_app(cfg: dict[str, Any]) -> Any:
 
 def continuous_batch(model: Any, settings: dict[str, Any], engines: int = 1) -> BatchedGenerator:
     """The continuous batch of `model` as `playground` settings lay it out, one of `engines` served."""
-    decoders, threads = decoding_plan(next(model.parameters()).device, settings["batch"], settings["decoders"], engines)
+    decoders, threads = decoding_plan(next(model.parameters()).device, settings["decoders"], engines)
     return BatchedGenerator(model, settings["batch"], decoders, threads)
 
 

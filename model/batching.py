@@ -98,9 +98,9 @@ class BatchedGenerator:
                 request.on_event({"type": "error", "message": SHUTTING_DOWN})
 
 
-def decoding_plan(device: torch.device, rows: int, decoders: int | str = "auto", engines: int = 1) -> tuple[int, int | None]:
-    """How many decoders share `rows` on `device`, and the intra-op threads of each, when `engines`
-    batches (one per checkpoint served) share the machine.
+def decoding_plan(device: torch.device, decoders: int | str = "auto", engines: int = 1) -> tuple[int, int | None]:
+    """How many decoders share a batch's rows on `device`, and the intra-op threads of each, when
+    `engines` batches (one per checkpoint served) share the machine.
 
     "auto" is one decoder: on a GPU its kernels queue on the one device anyway; on a CPU it gets the
     cores (split among the engines), and one batch of 8 rows on two threads outran two batches of

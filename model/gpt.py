@@ -86,8 +86,9 @@ class Linear(nn.Linear):
     - under torch.compile, one token's product as multiply-and-sum. Inductor writes that as a Triton
       reduction fused with what surrounds it (bias, GELU, residual), where a matrix library would
       launch kernels that take longer than reading the weights: decoding speed on a GPU;
-    - on a CPU, after `pack()`, oneDNN's product over a copy of the weight laid out for it once, as
-      PyTorch's own CPU compiler does for a frozen model. On a few rows (decoding) it measured 2-4x
+    - on a CPU, after `pack()`, oneDNN's product over a copy of the weight laid out for it once, with
+      the operators PyTorch's own CPU compiler emits for a frozen model (`torch.ops.mkldnn`, outside
+      torch's documented API: `GPT.pack_for_cpu` packs only where they exist). On a few rows (decoding) it measured 2-4x
       faster than the default (MKL's) on an AMD EPYC, where MKL's fp32 product of one row uses
       neither a second core nor the weight's row-major layout well. Used only without autograd, and
       only while the weight is the one packed: training, or weights changed since, take the plain path.
@@ -201,7 +202,7 @@ class GPT(nn.Module):
         `Linear`): decoding 2-3x as fast, for a second copy of the weights in memory."""
         weight = self.lm_head.weight
         if (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-                and torch.backends.mkldnn.is_available()):
+                and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
             for module in self.modules():
                 if isinstance(module, Linear):
                     module.pack()

@@ -15,7 +15,7 @@ import uvicorn
 
 from flows.common import load_config
 from flows.playground import build_app
-from model.batching import BatchedGenerator, Request
+from model.batching import BatchedGenerator, Request, decoding_plan
 from model.gpt import GPT, GPTConfig
 from model.sample import sample_text
 from tasks.lm.playground import PlaygroundServer
@@ -74,6 +74,16 @@ def test_a_request_samples_the_same_text_alone_batched_and_from_the_cli(decoders
     token = next(e for e in batched[0] if e["type"] == "token")
     assert 0 < token["p"] <= 1 and len(token["alternatives"]) == 5
     engine.close()
+
+
+def test_a_cpu_decoder_gets_the_cores_shared_among_the_checkpoints_served(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    cpu = torch.device("cpu")
+    assert decoding_plan(cpu) == (1, 8)
+    assert decoding_plan(cpu, engines=2) == (1, 4)  # a checkpoint and its comparison
+    assert decoding_plan(cpu, 2, engines=2) == (2, 2)
+    assert decoding_plan(cpu, 16) == (16, 1)
+    assert decoding_plan(torch.device("cuda")) == (1, None)  # a GPU's kernels queue on it anyway
 
 
 def test_a_request_goes_to_the_decoder_with_the_fewest_requests():
