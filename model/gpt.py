@@ -45,7 +45,9 @@ class KVCache:
     After `make_static()`, one token per row is written at that row's position, held in a tensor,
     and attention runs over the whole buffer with a mask: every shape stays fixed, so the decode
     step can be captured once by torch.compile / CUDA graphs, and rows may stand at different
-    positions (the playground's batch of requests that came at different times).
+    positions (the playground's batch of requests that came at different times). Eager decoding
+    may narrow `window`, the leading positions attention reads, to those any row has reached:
+    the masked positions past it only added zeros (the same logits, bit for bit).
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
@@ -54,7 +56,7 @@ class KVCache:
         # with a single store, where views of one shared buffer would make torch.compile copy it whole
         self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.size, self.length = max_len, 0
-        self.static = False
+        self.static, self.window = False, max_len
         self.position = torch.zeros(batch, dtype=torch.long, device=device)
         self.slots, self.rows = torch.arange(max_len, device=device), torch.arange(batch, device=device)
 
@@ -68,14 +70,14 @@ class KVCache:
 
     def visible(self) -> torch.Tensor | None:
         """In static mode, each row's mask of the positions written so far (None otherwise)."""
-        return (self.slots[None, :] <= self.position[:, None])[:, None, None, :] if self.static else None
+        return (self.slots[None, :self.window] <= self.position[:, None])[:, None, None, :] if self.static else None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k and v; returns k and v for every position so far."""
         kv = self.kv[layer]
         if self.static:
             kv[:, self.rows, :, self.position] = torch.stack((k, v))[:, :, :, 0].transpose(0, 1)
-            return kv[0], kv[1]
+            return kv[0, :, :, :self.window], kv[1, :, :, :self.window]
         end = self.length + k.shape[2]
         kv[:, :, :, self.length:end] = torch.stack((k, v))
         return kv[0, :, :, :end], kv[1, :, :, :end]

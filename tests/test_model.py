@@ -251,6 +251,24 @@ def test_static_cache_decoding_equals_full_recomputation(gpt):
         ids = torch.cat([ids, nxt], 1)
 
 
+def test_a_static_cache_read_through_a_narrower_window_gives_the_same_logits_bit_for_bit():
+    """The playground's batch narrows the window to the positions its rows have reached."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
+    cache = model.new_cache(3)
+    model(torch.randint(0, 50257, (3, 90)), cache)
+    cache.make_static()
+    cache.position.copy_(torch.tensor([90, 3, 41]))  # rows at different positions
+    token = torch.randint(0, 50257, (3, 1))
+    with torch.no_grad():
+        full = model(token, cache)
+        for window in (256, 128):
+            cache.position -= 1
+            cache.window = window
+            assert cache.visible().shape[-1] == window
+            assert torch.equal(model(token, cache), full)
+
+
 def test_generation_past_the_context_keeps_going(gpt):
     out = generate(gpt, torch.randint(0, 50257, (1, 60)), 40, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, 100)
