@@ -102,7 +102,8 @@ class Linear(nn.Linear):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACKED_FOR_ROWS), self._weight_key()
 
     def _weight_key(self) -> tuple[int, int]:
-        return self.weight.data_ptr(), self.weight._version
+        weight = self.weight  # a tensor made under torch.inference_mode keeps no version
+        return weight.data_ptr(), -1 if weight.is_inference() else weight._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():

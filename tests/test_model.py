@@ -205,6 +205,13 @@ def test_packed_linears_compute_what_plain_ones_do_without_autograd(gpt):
 
 
 @needs_onednn
+def test_a_model_made_under_inference_mode_is_packed_too():
+    with torch.inference_mode():
+        model = GPT(TINY).eval().pack_for_cpu()
+        assert onednn_products(model, torch.randint(0, 50257, (1, 5))) == 4 * TINY.n_layer + 1
+
+
+@needs_onednn
 def test_a_bfloat16_model_is_packed_too_and_float16_is_not(gpt):
     ids = torch.randint(0, 50257, (2, 9))
     with torch.no_grad():
