@@ -153,7 +153,9 @@ def test_a_band_task_holds_one_key_range_whatever_the_corpus_size(tmp_path):
         return used, bounds[-1]
 
     peak(200, "warm-up")  # first calls allocate once-only caches
-    (small, small_pairs), (large, large_pairs) = peak(200, "small"), peak(3200, "large")
+    # the lower of two runs: tracemalloc also counts what other threads of the test process allocate
+    # meanwhile (7 KB more once in a full run, past the bound below)
+    (small, small_pairs), (large, large_pairs) = (min(peak(n, f"{n}-{i}") for i in range(2)) for n in (200, 3200))
     assert (small_pairs, large_pairs) == (28 * 25, 28 * 400)
     # 16 times the documents and pairs in the same shards, ranges of the same size: the peak is the
     # heaviest range's, and the heaviest of 32 is a little heavier than that of 2 (holding every
