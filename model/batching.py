@@ -221,6 +221,8 @@ class Decoder:
                 self._release(row)
             elif state is not None and state.cached == self.block:
                 self._prefill(row, state.tokens[-self.block // 2:])
+        if not any(self.active):  # every request was cancelled
+            return
         free = [row for row, state in enumerate(self.active) if state is None]
         if free:
             self.cache.position[free] = 0  # a free row never runs out of cache

@@ -98,6 +98,17 @@ def test_a_request_goes_to_the_decoder_with_the_fewest_requests():
     assert idle.in_use() == 1 and engine.waiting.empty()
 
 
+def test_a_step_whose_requests_were_all_cancelled_frees_their_rows_and_decodes_nothing():
+    engine = BatchedGenerator(tiny_gpt(0), rows=2, decoders=1, threads=1)
+    engine.close()  # its thread stopped: the step is called here
+    [decoder] = engine.decoders
+    request = Request("Hello", max_new_tokens=50, on_event=lambda event: None)
+    decoder._start(0, request)
+    request.cancelled = True  # the page went away
+    decoder._step()  # once raised on an empty batch of logits
+    assert decoder.in_use() == 0
+
+
 def test_closing_ends_the_requests_in_flight_and_the_threads():
     engine, events, started = BatchedGenerator(tiny_gpt(0), rows=2, decoders=2, threads=1), [], threading.Event()
 
