@@ -131,6 +131,7 @@ def main(args: list[str]) -> None:
     first = one_after_another(model, threads)
     stagger = (float(options["stagger_ms"]) / 1000 if "stagger_ms" in options
                else float(options.get("stagger_tokens", 10)) * first[0] / first[1])
+    stagger_tokens = stagger * first[1] / first[0]
     # the fastest of `repeats` runs of each, alternating, so that both see the same machine (timings
     # here wobble by 10-20% from one run to the next)
     runs = [(one_after_another(model, threads) if i else first, batched(model, stagger, decoders)) for i in range(repeats)]
@@ -139,7 +140,7 @@ def main(args: list[str]) -> None:
     seq_rate, batch_rate = seq_tokens / seq_s, batch_tokens / batch_s
     plan = decoding_plan(next(model.parameters()).device, decoders)
     ttft = sorted(r["time_to_first_token_s"] for r in results)
-    apart = f"{stagger * first[1] / first[0]:.0f} one-row tokens ({stagger * 1000:.0f} ms)"
+    apart = f"{stagger_tokens:.0f} one-row tokens ({stagger * 1000:.0f} ms)"
     print(f"{len(REQUESTS)} requests, {apart} apart, on {next(model.parameters()).device} "
           f"({model.num_params() / 1e6:.1f}M parameters)")
     print(f"  one after another (make generate's path): {seq_tokens} tokens in {seq_s:.2f} s = {seq_rate:,.1f} tokens/s")
@@ -151,7 +152,7 @@ def main(args: list[str]) -> None:
     print(f"  ceiling at this stagger (every step as fast as one token one after another): "
           f"{best:,.1f} tokens/s = {best / seq_rate:.2f}x")
     print(json.dumps({"bench": "playground", "requests": len(REQUESTS), "stagger_ms": round(stagger * 1000, 1),
-                      "stagger_tokens": round(stagger * first[1] / first[0], 1),
+                      "stagger_tokens": round(stagger_tokens, 1),
                       "sequential_tokens_per_s": round(seq_rate, 1), "batched_tokens_per_s": round(batch_rate, 1),
                       "ratio": round(batch_rate / seq_rate, 2), "ceiling_ratio": round(best / seq_rate, 2), "decoders": plan[0], "ttft_median_s": ttft[len(ttft) // 2]}))
 

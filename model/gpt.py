@@ -90,10 +90,11 @@ class Linear(nn.Linear):
       launch kernels that take longer than reading the weights: decoding speed on a GPU;
     - on a CPU, after `pack()`, oneDNN's product over a copy of the weight laid out for it once, with
       the operators PyTorch's own CPU compiler emits for a frozen model (`torch.ops.mkldnn`, outside
-      torch's documented API: `GPT.pack_for_cpu` packs only where they exist). On a few rows (decoding) it measured 2-4x
-      faster than the default (MKL's) on an AMD EPYC, where MKL's fp32 product of one row uses
-      neither a second core nor the weight's row-major layout well. Used only without autograd, and
-      only while the weight is the one packed: training, or weights changed since, take the plain path.
+      torch's documented API: `GPT.pack_for_cpu` packs only where they exist). On a few rows
+      (decoding) it measured 2-4x faster than the default (MKL's) on an AMD EPYC, where MKL's fp32
+      product of one row uses neither a second core nor the weight's row-major layout well. Used
+      only without autograd, and only while the weight is the one packed: training, or weights
+      changed since, take the plain path.
     """
 
     packed: tuple[torch.Tensor, tuple[int, int]] | None = None  # oneDNN's layout, and the weight it was made from
