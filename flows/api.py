@@ -5,14 +5,19 @@ Prefect would start a temporary server by itself, but only once the flow calls t
 after importing the whole server into the flow's process (~2 s and ~100 MiB in every run, measured
 2026-11-29). This one is the same app (`prefect.server.api.server:create_app` under uvicorn, in
 Prefect's temporary-server mode: no UI, only the services one run needs) in a subprocess from the start.
+It ends with the command, whatever ended it (`kill -9` included): it reads a pipe from the command
+until the pipe closes, and on Linux the kernel also signals it when its parent dies.
 """
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,9 +44,7 @@ def temporary_api() -> Iterator[None]:
     # no telemetry unless the user asks for it: runs are offline, and its failure is logged as an ERROR
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "false",
            "PREFECT__SERVER_EPHEMERAL": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                              env=env)
+    server = subprocess.Popen([sys.executable, "-m", "flows.api", str(port)], env=env, stdin=subprocess.PIPE)
     atexit.register(stop, server)  # at exit, after Prefect has sent its last logs and events (registered later)
     url = f"http://127.0.0.1:{port}/api"
     _temporary.append(url)
@@ -55,6 +58,26 @@ def stop(server: subprocess.Popen) -> None:
     """Stop a temporary server and wait for it to exit."""
     server.terminate()
     server.wait()
+
+
+def serve(port: int) -> None:
+    """The temporary server's process: Prefect's API on 127.0.0.1:`port` until it is stopped or the
+    process that started it is gone."""
+    import uvicorn
+
+    parent = os.getppid()
+    if sys.platform == "linux":  # the kernel sends SIGTERM when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    threading.Thread(target=stop_when_closed, args=(parent,), daemon=True).start()
+    uvicorn.run("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
+                log_level="error", lifespan="on")
+
+
+def stop_when_closed(parent: int) -> None:
+    """SIGTERM to this process once stdin, a pipe the parent holds open, closes (the parent is gone)."""
+    if os.getppid() == parent:  # else it died before the kernel was told to signal
+        sys.stdin.buffer.read()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def wait_for_api() -> None:
@@ -78,3 +101,7 @@ def wait_for_api() -> None:
             raise UserError(f"the Prefect API at {url} did not answer within {timeout} s: is the server up? "
                             "(PREFECT_API_URL names it; unset, a temporary one is started)")
         time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))

@@ -1,6 +1,7 @@
 """What every flow shares: config loading, cached tasks, and where a run's files go."""
 from __future__ import annotations
 
+import signal
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from flows.api import temporary_api, wait_for_api
 from flows.schema import check
 from tasks import storage
-from tasks.errors import MissingInput, UserError
+from tasks.errors import Interrupted, MissingInput, UserError
 
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
@@ -42,7 +43,9 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
     """The command line of a flow: `python -m flows.X key=value …` composes the config from conf/ and
     the overrides, checks it against the schema and then with `check` (its inputs), and hands it to
     `run`. A user's mistake (a malformed or unknown override, a value not allowed, a missing input:
-    any UserError) is one line on stderr and exit code 2, before the flow starts. Hydra's own flags
+    any UserError) is one line on stderr and exit code 2, before the flow starts; a run stopped by
+    SIGTERM or SIGINT, one line and exit code 128 + the signal's number; a store that kept failing
+    after every retry, one line naming the file and exit code 1. Hydra's own flags
     (`--cfg job`, `--help`, `-m`) go through Hydra's command line. The flow reports to PREFECT_API_URL,
     or to a temporary server started first (`flows.api`)."""
     def checked_run(cfg: dict[str, Any]) -> None:
@@ -58,7 +61,7 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
     def main() -> None:
         overrides = sys.argv[1:]
         try:
-            with temporary_api():
+            with interruptible(), temporary_api():
                 if any(arg.startswith("-") for arg in overrides):
                     hydra_main()
                 else:
@@ -66,8 +69,30 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
         except (UserError, HydraException, OmegaConfBaseException) as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Interrupted as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(128 + err.signum) from None
+        except storage.StoreError as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     return main
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Interrupted in the main thread while open, so a stopped flow run ends
+    Failed (never Completed, never cached) and the command's exit handlers run. Training catches
+    them itself for a while, to save its checkpoint first."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}: rerun to resume (finished work is kept)", signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def one_line(err: Exception) -> str:
@@ -112,14 +137,33 @@ def cached(task: Task, cfg: dict[str, Any]) -> Task:
                              refresh_cache=cfg["refresh"])
 
 
+def store_task(task: Task, cfg: dict[str, Any]) -> Task:
+    """`cached(task)`, run again `store.task_retries` times when the machine failed it: a StoreError
+    (an outage past the store's own retries) or a Dask worker lost too often. Never for bad input or
+    a bug, which fail at once."""
+    store = cfg["store"]
+    return cached(task, cfg).with_options(retries=store["task_retries"], retry_delay_seconds=store["task_retry_delay_s"],
+                                          retry_condition_fn=failed_on_the_machine)
+
+
+def failed_on_the_machine(task: Task, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: whether the run failed on the machine's side, not on its input."""
+    from distributed import KilledWorker
+
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (storage.StoreError, KilledWorker))
+
+
 @contextmanager
 def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     """The Prefect task runner that `cfg.runner` names, open for a flow's run. Tasks run on threads of
     this process; with runner=dask their work goes to a Dask cluster (a scheduler at `address`, or a
     LocalCluster of `n_workers` processes started here, under `dask_config`), two tasks in flight per
-    worker thread so that the next one waits at Dask when a worker frees up. Workers need no Prefect API."""
+    worker thread so that the next one waits at Dask when a worker frees up. Workers need no Prefect API.
+    Files are read and written with `cfg.store`'s retries, here and in every worker."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    storage.configure(cfg["store"])
     runner = cfg["runner"]
     if runner["type"] != "dask":
         yield ThreadPoolTaskRunner(max_workers=runner["max_workers"])
@@ -134,7 +178,7 @@ def task_runner(cfg: dict[str, Any]) -> Iterator[Any]:
     else:
         with main_module_hidden(), dask.config.set(runner["dask_config"] or {}):
             cluster = LocalCluster(n_workers=runner["n_workers"], threads_per_worker=1, dashboard_address=None)
-    with cluster as scheduler, Client(scheduler) as client, attached(client) as threads:
+    with cluster as scheduler, Client(scheduler) as client, attached(client, cfg["store"]) as threads:
         yield ThreadPoolTaskRunner(max_workers=2 * threads)
 
 

@@ -13,8 +13,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, task_runner, token_dir,
-                          wait_with_progress)
+from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, store_task, task_runner,
+                          token_dir, wait_with_progress)
 from flows.forms import CorpusForm
 from model.bpe import EOT
 from sample.web import serve_sample_web
@@ -33,7 +33,7 @@ from tasks.errors import MissingInput, UserError
 def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[dict], list[PrefectFuture], list]:
     """URL shards from the dumps, each fetched into its own WARC and then run through the steps."""
     c = cfg["corpus"]
-    urls = cached(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
+    urls = store_task(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
                                          c["seen_urls_dir"]).result()
     plan, fetches = [], []
     for i, urls_path in enumerate(urls["shards"]):
@@ -47,8 +47,9 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
 def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFuture]) -> list[dict[str, Any]]:
     """The per-document steps, one task per shard, each after its shard's fetch when there is one."""
     c = cfg["corpus"]
-    futures = [cached(shard_task, cfg).submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"],
-                                              c["dedup"], c["max_error_share"], cfg["refresh"], wait_for=wait_for[i:i + 1])
+    task = store_task(shard_task, cfg)
+    futures = [task.submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"], c["dedup"],
+                           c["max_error_share"], cfg["refresh"], wait_for=wait_for[i:i + 1])
                for i, shard in enumerate(plan)]
     return wait_with_progress(futures, "shards", upstream=wait_for)
 
@@ -75,12 +76,13 @@ def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> n
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
     workers = cluster_threads() or cfg["runner"]["max_workers"]
-    groups = wait_with_progress([cached(candidates_task, cfg).submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
+    candidates = store_task(candidates_task, cfg)
+    groups = wait_with_progress([candidates.submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
                                  for g in band_groups(d["bands"], workers)], "dedup bands")
     bands = [band for group in groups for band in group]
     slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
               for s in range(len(sources) - n_new, len(sources))]
-    confirmed = wait_with_progress([cached(confirm_task, cfg).submit(shard, as_dicts, d["threshold"], d["ngram"])
+    confirmed = wait_with_progress([store_task(confirm_task, cfg).submit(shard, as_dicts, d["threshold"], d["ngram"])
                                     for shard in slices], "dedup confirm")
     return dropped(np.array([p for part in confirmed for p in part], dtype=np.int64).reshape(-1, 2))
 
@@ -94,8 +96,8 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
         lo, hi = starts[first + i], starts[first + i + 1]
         return (drop[(drop >= lo) & (drop < hi)] - lo).tolist()
 
-    futures = [cached(finish_task, cfg).submit(source.__dict__, local(i), tokens, shard["id"], c["tokenize"],
-                                               cfg["refresh"])
+    futures = [store_task(finish_task, cfg).submit(source.__dict__, local(i), tokens, shard["id"], c["tokenize"],
+                                                   cfg["refresh"])
                for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
     return wait_with_progress(futures, "tokenize")
 

@@ -187,6 +187,24 @@ class Corpus(Strict):
     tokenize: Tokenize
 
 
+class S3(Strict):
+    attempts: Positive
+    botocore_attempts: Positive
+    connect_timeout: Annotated[float, Field(gt=0)]
+    read_timeout: Annotated[float, Field(gt=0)]
+
+
+class Store(Strict):
+    retries: NonNegative
+    backoff_s: Annotated[float, Field(ge=0)]
+    max_backoff_s: Annotated[float, Field(ge=0)]
+    task_retries: NonNegative
+    task_retry_delay_s: Annotated[float, Field(ge=0)]
+    read_ahead: Positive
+    block_size: Positive
+    s3: S3
+
+
 class Sampling(Strict):
     """How text is sampled: by `make generate` and by each request to the playground alike."""
 
@@ -226,6 +244,7 @@ class Config(Sampling):
     logger: Logger
     eval: Eval
     runner: Runner
+    store: Store
     playground: Playground
 
 

@@ -168,7 +168,8 @@ class NonFiniteGuard(pl.Callback):
 
 
 class SaveOnSignal(pl.Callback):
-    """On SIGTERM or SIGINT (a pre-empted or cancelled job), save `path` and stop cleanly after the step."""
+    """On SIGTERM or SIGINT (a pre-empted or cancelled job), save `path` and stop cleanly after the
+    step; `received` then names the signal."""
 
     def __init__(self, path: Path):
         self.path, self.received = path, None
@@ -183,7 +184,7 @@ class SaveOnSignal(pl.Callback):
         if self.received:
             trainer.save_checkpoint(self.path)
             trainer.should_stop = True
-            print(f"{self.received}: saved {self.path} at step {trainer.global_step}; rerun to resume")
+            print(f"{self.received}: saved {self.path} at step {trainer.global_step}")
 
     def on_train_end(self, trainer, module) -> None:
         for signum, handler in self.previous.items():

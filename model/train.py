@@ -81,7 +81,8 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
         init_from: str | None = None) -> dict[str, Any]:
     """Train on `data_dir`'s shards, resuming from `ckpt_dir`/last.ckpt when it exists and
     `trainer.resume` is on, else starting from the weights of the transformers folder `init_from`
-    when given; returns the last checkpoint and the final metrics."""
+    when given; returns the last checkpoint and the final metrics. A run stopped by SIGTERM or SIGINT
+    saves last.ckpt and returns with `interrupted` naming the signal (else None)."""
     pl.seed_everything(cfg["seed"], workers=True)
     tr = cfg["trainer"]
     last = Path(ckpt_dir) / "last.ckpt"
@@ -100,8 +101,10 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    stopped_by = next(c.received for c in trainer.callbacks if isinstance(c, SaveOnSignal))
     result = {"checkpoint": str(last), "metrics": metrics, "seconds": time.perf_counter() - start,
-              "global_step": trainer.global_step, "wandb_dir": logger.experiment.dir if logger else None,
+              "global_step": trainer.global_step, "max_steps": tr["max_steps"], "interrupted": stopped_by,
+              "wandb_dir": logger.experiment.dir if logger else None,
               "wandb_run": logger.experiment.path if logger else None}
     if logger:
         if cfg["logger"]["log_model"]:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tasks import storage
+
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -38,9 +40,11 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 @contextmanager
-def attached(client: Client) -> Iterator[int]:
-    """Send every `on_cluster` call to `client`'s workers while open; yields how many run at once."""
+def attached(client: Client, store: dict[str, Any]) -> Iterator[int]:
+    """Send every `on_cluster` call to `client`'s workers while open, each worker (and any that joins
+    later) reading and writing files with the `store` settings; yields how many calls run at once."""
     global _client
+    client.register_plugin(store_plugin(store))
     client.subscribe_topic(LOG_TOPIC, log_forwarded)
     _client = client
     try:
@@ -48,6 +52,20 @@ def attached(client: Client) -> Iterator[int]:
     finally:
         _client = None
         client.unsubscribe_topic(LOG_TOPIC)
+
+
+def store_plugin(settings: dict[str, Any]) -> Any:
+    """A Dask worker plugin that applies conf/store's settings in each worker's process (s3fs keeps
+    its retry count on its class, so every process must set it itself)."""
+    from distributed import WorkerPlugin
+
+    class StoreSettings(WorkerPlugin):
+        name = "opengpt2-store"
+
+        def setup(self, worker: Any) -> None:
+            storage.configure(settings)
+
+    return StoreSettings()
 
 
 def cluster_threads() -> int | None:

@@ -38,3 +38,21 @@ def config(tmp_path):
         return load_config([f"paths.data={tmp_path}", *overrides])
 
     return compose
+
+
+def write_token_corpus(out: Path) -> Path:
+    """A small token corpus in `out`, in the corpus flow's format: text with structure a model can learn."""
+    import json
+
+    import numpy as np
+
+    from tasks.corpus.tokenize import ShardWriter
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    writers = {s: ShardWriter(out, s, 10**9) for s in ("train", "val")}
+    for i in range(200):
+        start = int(rng.integers(0, 1000))
+        writers["val" if i % 10 == 0 else "train"].add([(start + 7 * j) % 1000 for j in range(100)])
+    (out / "manifest.json").write_text(json.dumps({"splits": {s: w.flush() for s, w in writers.items()}}))
+    return out

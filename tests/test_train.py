@@ -9,22 +9,14 @@ import torch
 
 from flows.common import load_config
 from model.lit import GPTLightning, load_gpt
-from tasks.corpus.tokenize import ShardWriter
 from model.train import accumulation, deepspeed_config, fit, make_strategy
+from tests.conftest import write_token_corpus
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """A small token corpus in the corpus flow's format: text with structure a model can learn."""
-    out = tmp_path_factory.mktemp("tokens")
-    rng = np.random.default_rng(0)
-    writers = {s: ShardWriter(out, s, 10**9) for s in ("train", "val")}
-    for i in range(200):
-        start = int(rng.integers(0, 1000))
-        writers["val" if i % 10 == 0 else "train"].add([(start + 7 * j) % 1000 for j in range(100)])
-    import json
-    (out / "manifest.json").write_text(json.dumps({"splits": {s: w.flush() for s, w in writers.items()}}))
-    return str(out)
+    return str(write_token_corpus(tmp_path_factory.mktemp("tokens")))
 
 
 def train_cfg(*overrides):

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from tasks import storage
 from tasks.errors import MissingInput, UserError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -131,8 +132,10 @@ class ZstdReader(io.RawIOBase):
 
 
 def open_dump(path: Path, fmt: str) -> BinaryIO:
-    """A byte stream of the dump's JSON lines (`fmt` from `dump_format`)."""
-    raw = open(path, "rb")
+    """A byte stream of the dump's JSON lines (`fmt` from `dump_format`). Its bytes are read through
+    `storage`, so a failing disk or store raises StoreError, and any other error while decoding is
+    damage in the file."""
+    raw = storage.open_file(path)
     if fmt == "zst":
         return io.BufferedReader(ZstdReader(raw), buffer_size=1 << 20)
     opener = {"xz": lzma.open, "bz2": bz2.open, "gz": gzip.open}.get(fmt)

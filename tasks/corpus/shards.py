@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.storage import StoreError
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from tasks.corpus.neardup import Source, band_hashes, band_table, keep_positions
 from tasks.corpus.step import Step, build_steps, check_errors, run_steps
@@ -67,7 +68,9 @@ class Progress:
 
 def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
     """The shard's pages as documents carrying their HTML: with the URL stage's documents when the
-    pages were fetched, or new documents for each URL when the WARC files came from elsewhere."""
+    pages were fetched, or new documents for each URL when the WARC files came from elsewhere. A
+    damaged WARC keeps the pages before the damage (`warc/damaged_file`); a StoreError (the store
+    or disk failed after every retry) fails the shard instead."""
     by_url = {d.url: d for d in read_documents(shard["urls"])} if shard["urls"] else None
     span = (shard["end"] or storage.size(shard["warc"])) - shard["start"]
     progress = Progress(shard["id"], len(by_url) if by_url is not None else None)
@@ -78,6 +81,8 @@ def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
             if doc is not None:
                 doc.html = html
                 yield doc
+    except StoreError:  # the machine failed, not the file: the shard fails, no marker, and is redone
+        raise
     except Exception as err:  # a damaged WARC keeps what was read before the damage
         stats["warc/damaged_file"] += 1
         log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from hydra.utils import get_class, instantiate
 
 from tasks.corpus.document import Document
+from tasks.storage import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Step:
             stats[f"{self.name}/in"] += 1
             try:
                 reason = self.reject(doc)
+            except StoreError:  # the machine failed, not the document
+                raise
             except Exception as err:  # bad input is dropped and counted, never fatal
                 reason = f"error_{type(err).__name__}"
                 log.warning("%s %s: %s: %s", self.name, doc.url, type(err).__name__, err)

@@ -63,6 +63,7 @@ def read_dump(path: Path, stats: Counter) -> Iterator[tuple[str, dict[str, Any]]
                     yield path.name, record
                 else:
                     count_bad(stats, path, "corrupt_line", f"line {lines} is not a JSON object")
+    # the decoders' errors (bz2 and gzip raise OSError); a failing disk raises StoreError, which stops the stage
     except (EOFError, OSError, zstandard.ZstdError, lzma.LZMAError) as err:
         count_bad(stats, path, "truncated_file", f"ends early or is damaged after {kept:,} records ({err}); "
                                                  "kept those, the rest of the file is lost")

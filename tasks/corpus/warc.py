@@ -32,27 +32,30 @@ def decode_html(body: bytes, content_type: str = "") -> str:
 
 
 def first_record_at(fh: IO[bytes], start: int, block: int = 1 << 16) -> int | None:
-    """The offset of the first WARC record starting at or after `start`, found without reading what
-    comes before: in a .warc.gz, where every record is a gzip member of its own, the first gzip
-    header whose bytes inflate to "WARC/"; in a plain WARC, the first line starting "WARC/1."."""
-    fh.seek(0)
-    gzipped = fh.read(2) == b"\x1f\x8b"
-    marker = b"\x1f\x8b\x08" if gzipped else b"\nWARC/1."
-    pos = start - (0 if gzipped else 1)
+    """The offset of the first WARC record starting at or after `start`, found from `start` on, without
+    reading what comes before: in a .warc.gz, where every record is a gzip member of its own, a gzip
+    header whose bytes inflate to "WARC/"; in a plain WARC, a line starting "WARC/1."; whichever comes
+    first."""
     if start == 0:
         return 0
+    pos = start - 1  # a plain record's line starts after a newline, which may be the byte before
     while True:
         fh.seek(pos)
-        data = fh.read(block + len(marker))
-        if len(data) < len(marker):
+        data = fh.read(block + len(PLAIN_MARK))
+        if len(data) <= len(PLAIN_MARK):
             return None
-        i = data.find(marker)
-        while 0 <= i < block:
-            candidate = pos + i + (0 if gzipped else 1)
-            if not gzipped or _inflates_to_warc(fh, candidate):
-                return candidate
-            i = data.find(marker, i + 1)
+        plain = data.find(PLAIN_MARK, 0, block + 1)
+        gz = data.find(GZIP_MARK, 1)
+        while 0 < gz < block + 1 and (plain < 0 or gz < plain + 1):
+            if _inflates_to_warc(fh, pos + gz):
+                return pos + gz
+            gz = data.find(GZIP_MARK, gz + 1)
+        if plain >= 0:
+            return pos + plain + 1
         pos += block
+
+
+PLAIN_MARK, GZIP_MARK = b"\nWARC/1.", b"\x1f\x8b\x08"
 
 
 def _inflates_to_warc(fh: IO[bytes], offset: int) -> bool:
@@ -66,8 +69,12 @@ def _inflates_to_warc(fh: IO[bytes], offset: int) -> bool:
 def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str, str]]:
     """(offset, url, decoded html) of each response record in a WARC file (a path or a store URL)
     that starts at a byte offset in [start, end): a big WARC is cut into shards by byte ranges, each
-    shard seeks to its first record, and every record belongs to exactly one shard."""
-    with storage.open_file(path) as fh:
+    shard seeks to its first record, and every record belongs to exactly one shard. Only the range
+    and the one record that crosses its end are read.
+
+    A record cut off by the file's end raises EOFError; a malformed one, warcio's or zlib's error.
+    Reading errors of the machine come as `storage.StoreError`, never as either."""
+    with storage.open_file(path, end) as fh:
         base = first_record_at(fh, start)
         if base is None or (end is not None and base >= end):
             return
@@ -76,11 +83,12 @@ def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> It
         for record in records:
             body = record.content_stream().read() if record.rec_type == "response" else b""
             offset = records.get_record_offset()  # from the file start (warcio counts from tell())
-            if end is not None and offset >= end:
+            if end is not None and offset >= end:  # past blank lines that straddled the end
                 return
-            if record.rec_type != "response":
-                continue
-            if getattr(record.raw_stream, "limit", 0):  # fewer bytes than its Content-Length: cut off
-                raise EOFError(f"the record at byte {offset} is cut off")
-            content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
-            yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
+            if record.rec_type == "response":
+                if getattr(record.raw_stream, "limit", 0):  # fewer bytes than its Content-Length: cut off
+                    raise EOFError(f"the record at byte {offset} is cut off")
+                content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
+                yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
+            if end is not None and offset + records.get_record_length() >= end:  # the next one starts past it
+                return
