@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 
 from tasks import storage
+
+log = logging.getLogger(__name__)
 
 
 def _file_keys(value: Any) -> Any:
@@ -65,7 +68,11 @@ class FilesAndCode(CachePolicy):
         if task_ctx is None:
             return None
         keyed = {k: v for k, v in inputs.items() if k not in self.exclude}
-        return fingerprint(keyed, self.files, inspect.getmodule(self.code or task_ctx.task.fn))
+        try:
+            return fingerprint(keyed, self.files, inspect.getmodule(self.code or task_ctx.task.fn))
+        except storage.StoreError as err:  # no key, no cache: the task runs and meets the error itself
+            log.warning("%s: not cached this time, its input could not be looked up: %s", task_ctx.task.name, err)
+            return None
 
 
 def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleType) -> str:
