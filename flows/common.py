@@ -228,12 +228,19 @@ def run_dir(cfg: dict[str, Any]) -> Path:
 
 def checkpoint_path(cfg: dict[str, Any]) -> str:
     """The checkpoint to evaluate or sample: `checkpoint`, else the last one of `run_name`, checked to
-    be a checkpoint before anything in it is unpickled."""
+    be a checkpoint before anything in it is unpickled, then to load weights-only (a DeepSpeed folder
+    is consolidated into one file first)."""
     path = cfg.get("checkpoint") or str(run_dir(cfg) / "last.ckpt")
     if not Path(path).exists():
         raise MissingInput(f"no checkpoint at {path}: train one with `make train` (run_name={cfg['run_name']}) "
                            "or pass checkpoint=PATH (a .ckpt, a DeepSpeed folder or a transformers GPT-2 folder)")
-    checkpoint_kind(Path(path))
+    if checkpoint_kind(Path(path)) != "transformers":
+        from model.lit import UnsafeCheckpoint, check_weights_only
+
+        try:
+            check_weights_only(path)
+        except UnsafeCheckpoint as err:
+            raise UserError(str(err)) from None
     return path
 
 

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +131,70 @@ class GPTLightning(pl.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint file holding objects other than tensors and plain records: it is not unpickled."""
+
+
 def consolidated(checkpoint: str) -> str:
     """A Lightning checkpoint file for `checkpoint`; a DeepSpeed ZeRO checkpoint (a folder of
-    shards) is first consolidated into one fp32 file beside it."""
+    shards) is first consolidated into one fp32 file beside it, by Lightning's and DeepSpeed's
+    converters with every file loaded weights-only: UnsafeCheckpoint when one holds anything else."""
     if not Path(checkpoint).is_dir():
         return checkpoint
     from pytorch_lightning.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     out = Path(checkpoint) / "consolidated_fp32.ckpt"
     if not out.exists():
-        convert_zero_checkpoint_to_fp32_state_dict(checkpoint, out)
+        partial = out.with_name(out.name + ".tmp")
+        with weights_only_loads():
+            try:
+                convert_zero_checkpoint_to_fp32_state_dict(checkpoint, partial)
+            except pickle.UnpicklingError as err:
+                raise unsafe(checkpoint, err) from None
+        partial.replace(out)
     return str(out)
+
+
+def check_weights_only(checkpoint: str) -> None:
+    """UnsafeCheckpoint unless `checkpoint` (a file, or a DeepSpeed folder, consolidated first) loads
+    weights-only: a crafted pickle is refused before it can run code."""
+    try:
+        torch.load(consolidated(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise unsafe(checkpoint, err) from None
+
+
+def unsafe(checkpoint: str, err: pickle.UnpicklingError) -> UnsafeCheckpoint:
+    """torch's refusal of a file, said in one line."""
+    reason = next((line.strip().removeprefix("WeightsUnpickler error: ") for line in str(err).splitlines()
+                   if "nsupported" in line), "not a weights-only file")
+    return UnsafeCheckpoint(f"{checkpoint} holds objects other than weights and is not loaded ({reason})")
+
+
+_loads = threading.Lock()
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every `torch.load` in the block is weights-only, those that ask for full unpickling included
+    (DeepSpeed's converter does), with DeepSpeed's own plain record types allowed."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with _loads, torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        before = os.environ.get(FORCE_WEIGHTS_ONLY)
+        os.environ[FORCE_WEIGHTS_ONLY] = "1"  # read by torch.load at every call
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(FORCE_WEIGHTS_ONLY)
+            else:
+                os.environ[FORCE_WEIGHTS_ONLY] = before
+
+
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
 def inference_device(name: str) -> torch.device:
