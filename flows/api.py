@@ -76,7 +76,8 @@ def serve(port: int) -> None:
 def stop_when_closed(parent: int) -> None:
     """SIGTERM to this process once stdin, a pipe the parent holds open, closes (the parent is gone)."""
     if os.getppid() == parent:  # else it died before the kernel was told to signal
-        sys.stdin.buffer.read()
+        while os.read(0, 4096):  # the file descriptor itself: sys.stdin's lock would stall the exit
+            pass
     os.kill(os.getpid(), signal.SIGTERM)
 
 
