@@ -3,6 +3,7 @@ stage's code), for Prefect's cache and for the done markers that shards leave.""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import logging
@@ -21,22 +22,34 @@ log = logging.getLogger(__name__)
 
 
 def _file_keys(value: Any) -> Any:
-    """Paths or store URLs of existing files, alone, in lists or in dicts, replaced by their `file_key`:
-    size and mtime (or ETag), never a hash of the bytes (inputs are many GB at scale)."""
+    """Paths or store URLs of existing files or folders (strings with a `/`), alone, in lists or in
+    dicts, replaced by their `file_key`: names, sizes and mtimes (or ETags), never a hash of the bytes
+    (inputs are many GB at scale)."""
     if isinstance(value, (list, tuple)):
         return [_file_keys(v) for v in value]
     if isinstance(value, dict):
         return {k: _file_keys(v) for k, v in value.items()}
-    is_file = isinstance(value, str) and not value.startswith(("http://", "https://")) and storage.exists(value)
+    is_file = (isinstance(value, str) and "/" in value and not value.startswith(("http://", "https://"))
+               and storage.exists(value))
     return storage.file_key(value) if is_file else value
+
+
+def _targets(value: Any) -> list[ModuleType]:
+    """The modules of every `_target_` in a setting (a step of `corpus.pipeline`), imported."""
+    if isinstance(value, (list, tuple)):
+        return [m for v in value for m in _targets(v)]
+    if not isinstance(value, dict):
+        return []
+    own = [importlib.import_module(value["_target_"].rsplit(".", 1)[0])] if "_target_" in value else []
+    return own + [m for v in value.values() for m in _targets(v)]
 
 
 PROJECT_PACKAGES = {"tasks", "model", "flows", "sample"}
 
 
-def code_version(module: ModuleType) -> str:
-    """Hash of a module's source and of every project module it uses, directly or not."""
-    todo, seen = [module], {}
+def code_version(*modules: ModuleType) -> str:
+    """Hash of the modules' source and of every project module they use, directly or not."""
+    todo, seen = list(modules), {}
     while todo:
         mod = todo.pop()
         if mod.__name__ in seen:
@@ -51,8 +64,9 @@ def code_version(module: ModuleType) -> str:
 
 @dataclass
 class FilesAndCode(CachePolicy):
-    """Key = size and mtime of the input files named in `files` + the other inputs + the code of the task
-    (or of the module of `code`, the work it hands over).
+    """Key = size and mtime of the input files named in `files` (and of the files their settings
+    point at) + the other inputs + the code of the task (or of the module of `code`, the work it
+    hands over) and of the steps its inputs name by `_target_`.
 
     Parameters in `exclude` (such as a proxy address that changes every run) are not keyed.
     Results are stored beside the outputs (see `flows.common.cached`), so removing the data
@@ -76,9 +90,11 @@ class FilesAndCode(CachePolicy):
 
 
 def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleType) -> str:
-    """One hash of a task's inputs (the files named in `files` by `file_key`) and its code version."""
+    """One hash of a task's inputs (the files named in `files`, and those their settings point at, by
+    `file_key`) and of the code that runs: `module`, the modules its inputs name by `_target_`, and the
+    project modules these use."""
     keyed = {k: _file_keys(v) if k in files else v for k, v in inputs.items()}
-    payload = json.dumps([keyed, code_version(module)], sort_keys=True, default=str)
+    payload = json.dumps([keyed, code_version(module, *_targets(inputs))], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -34,13 +34,13 @@ def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None 
     return on_cluster(fetch_to_warc, urls_path, out, {**cfg, "proxy": proxy or cfg.get("proxy")})
 
 
-@task(name="shard", cache_policy=FilesAndCode(files=("shard",), exclude=("force",), code=process_shard))
+@task(name="shard", cache_policy=FilesAndCode(files=("shard", "pipeline"), exclude=("force",), code=process_shard))
 def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
                max_error_share: float, force: bool = False) -> dict[str, Any]:
     """The per-document steps over one shard, reusing its done marker unless `force`; StepFailed
     (and no marker) when a step raised on more than `max_error_share` of its documents."""
-    return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup}, ("shard",),
-                process_shard, force,
+    return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup},
+                ("shard", "pipeline"), process_shard, force,
                 lambda: on_cluster(process_shard, shard, out_dir, pipeline, dedup, max_error_share))
 
 
