@@ -28,6 +28,7 @@ import psutil
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from model.manifest import Manifest
 from tasks.corpus.neardup import jaccard, shingle_hashes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,7 +164,7 @@ def ours(warcs: list[str], work: Path, runner: list[str], shard_bytes: int) -> d
            f"corpus.warc_files=[{','.join(warcs)}]", f"corpus.shard_bytes={shard_bytes}", *runner]
     result = run_measured(cmd, data.with_suffix(".log"))
     corpus = data / "corpus" / "demo"
-    stats = json.loads((corpus / "tokens" / "manifest.json").read_text())["stats"]
+    stats = Manifest.read(str(corpus / "tokens")).stats
     band_files = [*corpus.glob("shards/*/bands.npy"), *corpus.glob("tokens/bands-*.npy"), *corpus.glob("dedup/*.npy")]
     docs = stats.get("extract/kept", 0)
     return {**result, "docs": docs, "kept": stats.get("dedup/kept", 0),

@@ -2,7 +2,6 @@
 near-dup phases over all shards -> per shard: filter and tokenize -> token manifest."""
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,10 +15,10 @@ from prefect.futures import PrefectFuture
 from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, store_task, task_runner,
                           token_dir, wait_with_progress)
 from flows.forms import CorpusForm
-from model.bpe import EOT
+from model.manifest import FILE, SPLITS, Manifest
 from sample.web import serve_sample_web
 from tasks import storage
-from tasks.caching import code_version
+from tasks.caching import code_version, targets
 from tasks.cluster import cluster_threads
 from tasks.corpus import shards
 from tasks.corpus.dumpfile import BadDump, dump_format
@@ -58,9 +57,9 @@ def earlier_sources(manifests: list[str]) -> list[Source]:
     """The kept documents of earlier corpus versions, as dedup sources that come first."""
     sources = []
     for path in manifests:
-        manifest, folder = json.loads(storage.read_text(path)), path.rsplit("/", 1)[0]
+        manifest, folder = Manifest.from_json(storage.read_text(path)), path.rsplit("/", 1)[0]
         sources += [Source(storage.join(folder, s["docs"]), storage.join(folder, s["bands"]), s["n"], earlier=True)
-                    for s in manifest["kept"]]
+                    for s in manifest.kept]
     return sources
 
 
@@ -103,17 +102,21 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
 
 
 def write_manifest(cfg: dict[str, Any], finished: list[dict], stats: dict[str, int]) -> bool:
-    """tokens/manifest.json: every token file by split, the kept documents, the funnel and the
-    settings; True when it differs from the one there before (False: a rerun found nothing new)."""
-    path = storage.join(token_dir(cfg), "manifest.json")
+    """tokens/manifest.json (`Manifest`); True when it differs from the one there before (False: a
+    rerun found nothing new)."""
+    path = storage.join(token_dir(cfg), FILE)
     before = storage.read_text(path) if storage.exists(path) else None
-    manifest = {"splits": {split: [s for f in finished for s in f["splits"][split]] for split in ("train", "val")},
-                "kept": [f["kept"] for f in finished], "stats": stats, "config": cfg["corpus"],
-                "code_version": code_version(sys.modules[shards.__name__]), "tokenizer": "gpt2", "dtype": "uint16",
-                "eot": EOT}
-    text = json.dumps(manifest, indent=2)
+    manifest = Manifest(name=cfg["corpus"]["name"], version=1, config=cfg["corpus"], stats=stats,
+                        splits={split: [s for f in finished for s in f["splits"][split]] for split in SPLITS},
+                        kept=[f["kept"] for f in finished], code_version=corpus_code_version(cfg))
+    text = manifest.to_json()
     storage.write_text(path, text)
     return text != before
+
+
+def corpus_code_version(cfg: dict[str, Any]) -> str:
+    """The version of the code that makes a corpus: the shard stages and the steps `corpus.pipeline` names."""
+    return code_version(sys.modules[shards.__name__], *targets(cfg["corpus"]["pipeline"]))
 
 
 @flow(name="build-corpus", log_prints=True)

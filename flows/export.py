@@ -2,12 +2,11 @@
 `transformers.pipeline("text-generation", model=folder)` loads: weights, tokenizer, model card."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from flows.common import checkpoint_path, command, flow_config, run_form_args, token_dir
+from flows.common import checkpoint_path, command, flow_config, run_form_args
 from flows.forms import ExportForm
 from tasks.lm.export import export_hf
 
@@ -18,7 +17,7 @@ def export_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None =
                 settings: ExportForm | None = None) -> str:
     """Write `checkpoint` (default: the last of `run_name`) to `export_dir`; returns the folder."""
     cfg = flow_config(cfg, overrides, settings)
-    out = export_hf(checkpoint_path(cfg), cfg["export_dir"], str(Path(token_dir(cfg), "manifest.json")))
+    out = export_hf(checkpoint_path(cfg), cfg["export_dir"])
     print(f"wrote {out}")
     return out
 

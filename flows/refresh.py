@@ -16,8 +16,10 @@ from prefect import flow, get_run_logger
 
 from flows.common import command, flow_config, run_form_args, token_dir
 from flows.forms import RefreshForm
-from flows.corpus import corpus_flow
+from flows.corpus import corpus_code_version, corpus_flow
+from model.manifest import FILE, Manifest
 from tasks.corpus.dumps import download_dumps_task
+from tasks.errors import MissingInput
 
 DUMP_SUFFIXES = (".zst", ".xz", ".bz2", ".ndjson", ".jsonl")
 
@@ -35,25 +37,33 @@ def version_config(cfg: dict[str, Any], dumps: list[Path], version: int) -> dict
     c["dumps"] = [str(p) for p in dumps]
     c["out_dir"] = str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{version:04d}")
     c["name"] = f"{cfg['corpus']['name']}-v{version:04d}"
-    c["dedup"]["against"] = [str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{v:04d}" / "tokens" / "manifest.json")
+    c["dedup"]["against"] = [str(Path(cfg["corpus"]["out_dir"]) / "versions" / f"v{v:04d}" / "tokens" / FILE)
                              for v in range(1, version)]
     # seen_urls_dir was resolved against the corpus root before out_dir changed, so every version shares it
     return vcfg
 
 
-def merged_manifest(root: Path, versions: list[int]) -> dict[str, Any]:
-    """A token manifest listing the shards of every given version, relative to root/tokens."""
-    splits: dict[str, list] = {"train": [], "val": []}
-    kept, tokens = [], 0
-    for v in versions:
-        manifest = json.loads((root / "versions" / f"v{v:04d}" / "tokens" / "manifest.json").read_text())
-        folder = f"../versions/v{v:04d}/tokens"
-        for split, shards in manifest["splits"].items():
-            splits[split] += [{**s, "bin": f"{folder}/{s['bin']}"} for s in shards]
-        kept += [{**k, "docs": f"{folder}/{k['docs']}", "bands": f"{folder}/{k['bands']}"} for k in manifest["kept"]]
-        tokens += manifest["stats"].get("tokenize/tokens", 0)
-    return {"version": versions[-1], "splits": splits, "kept": kept, "stats": {"tokenize/tokens": tokens},
-            "tokenizer": "gpt2", "dtype": "uint16"}
+def publish(cfg: dict[str, Any], versions: list[int]) -> None:
+    """tokens/manifest.json: the files of every version in one manifest (`Manifest.merged`), carrying
+    the settings and code version a first build's does; the one it replaces kept as manifest-vNNNN.json."""
+    root, tokens = Path(cfg["corpus"]["out_dir"]), Path(token_dir(cfg))
+    tokens.mkdir(parents=True, exist_ok=True)
+    current = tokens / FILE
+    if current.exists():
+        current.rename(tokens / f"manifest-v{Manifest.from_json(current.read_text()).version:04d}.json")
+    parts = [(f"../versions/v{v:04d}/tokens", Manifest.read(str(root / "versions" / f"v{v:04d}" / "tokens")))
+             for v in versions]
+    merged = Manifest.merged(parts, cfg["corpus"]["name"], versions[-1], cfg["corpus"], corpus_code_version(cfg))
+    current.write_text(merged.to_json())
+
+
+def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg`, unless there is no dumps folder to look in and no dump to download into it (MissingInput)."""
+    refresh = cfg["corpus"]["refresh"]
+    if not refresh["dump_urls"] and not Path(refresh["dumps_dir"]).is_dir():
+        raise MissingInput(f"corpus.refresh.dumps_dir={refresh['dumps_dir']} does not exist: put the dump months "
+                           f"({refresh['pattern']}) there, or list corpus.refresh.dump_urls to download them")
+    return cfg
 
 
 @flow(name="corpus-refresh", log_prints=True)
@@ -62,7 +72,7 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
                  settings: RefreshForm | None = None) -> dict[str, Any]:
     """Add the new dump months in `corpus.refresh.dumps_dir` (after downloading those of
     `corpus.refresh.dump_urls` it lacks) to the corpus as a new version."""
-    cfg = flow_config(cfg, overrides, settings)
+    cfg = check_inputs(flow_config(cfg, overrides, settings))
     root = Path(cfg["corpus"]["out_dir"])
     state_file = root / "refresh.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"processed": [], "versions": []}
@@ -77,18 +87,13 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
         return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
     version = (state["versions"][-1] if state["versions"] else 0) + 1
     result = corpus_flow(version_config(cfg, dumps, version))
-    tokens = Path(token_dir(cfg))
-    tokens.mkdir(parents=True, exist_ok=True)
-    if (tokens / "manifest.json").exists():
-        previous = json.loads((tokens / "manifest.json").read_text()).get("version", 0)
-        (tokens / "manifest.json").rename(tokens / f"manifest-v{previous:04d}.json")
-    (tokens / "manifest.json").write_text(json.dumps(merged_manifest(root, state["versions"] + [version]), indent=2))
+    publish(cfg, state["versions"] + [version])
     state = {"processed": state["processed"] + [p.name for p in dumps], "versions": state["versions"] + [version]}
     state_file.write_text(json.dumps(state, indent=2))
     return {"new_dumps": [p.name for p in dumps], "version": version, "stats": result["stats"]}
 
 
-main = command(refresh_flow)
+main = command(refresh_flow, check_inputs)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.common import cached, checkpoint_kind, command, flow_config, run_dir, run_form_args, token_dir
 from flows.forms import TrainForm
 from flows.corpus import corpus_flow
+from model.manifest import FILE, Manifest
 from tasks import storage
 from tasks.errors import UserError
 from tasks.lm.train import train_task
@@ -24,7 +25,7 @@ def corpus_dir(cfg: dict[str, Any]) -> str:
     if not storage.is_local(tokens):
         raise UserError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
                          "folder; copy the corpus's tokens/ folder down and point corpus.out_dir at it")
-    return tokens if Path(tokens, "manifest.json").exists() else corpus_flow(cfg)["data_dir"]
+    return tokens if Path(tokens, FILE).exists() else corpus_flow(cfg)["data_dir"]
 
 
 def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -38,11 +39,10 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["init_from"]:
         check_init_from(Path(cfg["init_from"]), cfg["model"])
     tokens_dir = token_dir(cfg)
-    manifest = Path(tokens_dir, "manifest.json")
-    if storage.is_local(tokens_dir) and manifest.exists():
-        tokens = sum(s["tokens"] for s in json.loads(manifest.read_text())["splits"]["train"])
+    if storage.is_local(tokens_dir) and Path(tokens_dir, FILE).exists():
+        tokens = Manifest.read(tokens_dir).tokens("train")
         if tokens <= cfg["model"]["block_size"]:
-            raise UserError(f"the corpus at {manifest.parent} has {tokens:,} train tokens, not one block of "
+            raise UserError(f"the corpus at {tokens_dir} has {tokens:,} train tokens, not one block of "
                             f"model.block_size={cfg['model']['block_size']} + 1: build a bigger corpus")
     return cfg
 

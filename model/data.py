@@ -1,7 +1,6 @@
 """Token shards from the corpus flow as training windows: memory-mapped, seeded, resumable."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +9,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from model.manifest import Manifest
+
 
 class TokenShards:
     """The token files of one split as one sequence: each file memory-mapped on first use, never
     concatenated, so memory does not grow with the corpus. `tokens[a:b]` reads across file ends."""
 
     def __init__(self, data_dir: Path, split: str):
-        manifest = json.loads((data_dir / "manifest.json").read_text())
-        self.files = [data_dir / s["bin"] for s in manifest["splits"][split]]
+        manifest = Manifest.read(str(data_dir))
+        self.files = [data_dir / s["bin"] for s in manifest.splits[split]]
         if not self.files:
             raise FileNotFoundError(f"no {split} shards in {data_dir}: build the corpus first (make corpus)")
-        sizes = [s["tokens"] for s in manifest["splits"][split]]
+        sizes = [s["tokens"] for s in manifest.splits[split]]
         self.starts = np.cumsum([0] + sizes, dtype=np.int64)
         self.maps: dict[int, np.memmap] = {}
 

@@ -2,10 +2,10 @@
 logged by the corpus flow's run and named by each training run that reads it."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
+
+from model.manifest import FILE, Manifest
 
 
 def corpus_artifact(tokens_dir: str) -> Any:
@@ -13,21 +13,10 @@ def corpus_artifact(tokens_dir: str) -> Any:
     files every time it is built from the same manifest, so W&B resolves it to one version."""
     import wandb
 
-    path = Path(tokens_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    artifact = wandb.Artifact(f"corpus-{manifest['config']['name']}", type="dataset",
-                              metadata=corpus_facts(path, manifest))
-    artifact.add_file(str(path))
+    manifest = Manifest.read(tokens_dir)
+    artifact = wandb.Artifact(f"corpus-{manifest.name}", type="dataset", metadata=manifest.identity())
+    artifact.add_file(str(Path(tokens_dir) / FILE))
     return artifact
-
-
-def corpus_facts(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a run records of the corpus it used: name, version, tokens, documents, manifest digest."""
-    return {"name": manifest["config"]["name"], "version": manifest.get("version", 1),
-            "train_tokens": sum(s["tokens"] for s in manifest["splits"]["train"]),
-            "val_tokens": sum(s["tokens"] for s in manifest["splits"]["val"]),
-            "documents": sum(k["n"] for k in manifest.get("kept", [])),
-            "manifest_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def record_checkpoint(run: Any, checkpoint: Path, run_name: str) -> None:
@@ -44,11 +33,10 @@ def record_corpus(run: Any, tokens_dir: str) -> None:
     """Name the corpus a training run reads, in its config and as its input artifact, which draws
     dump -> corpus -> model in W&B's lineage graph. The artifact is rebuilt from the manifest, so it
     has the digest of the version the corpus run logged and W&B resolves both to one version."""
-    path = Path(tokens_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    if "config" not in manifest:  # token shards made by hand (tests): nothing to name
+    manifest = Manifest.read(tokens_dir)
+    if not manifest.config:  # token shards made by hand (tests): nothing to name
         return
-    run.config.update({"corpus": corpus_facts(path, manifest)}, allow_val_change=True)
+    run.config.update({"corpus": manifest.identity()}, allow_val_change=True)
     if run.disabled:
         return
     if run.offline:

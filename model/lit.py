@@ -35,6 +35,7 @@ class GPTLightning(pl.LightningModule):
         self.max_steps = max_steps
         self.train_loss = self.loss  # compiled in configure_model when `compile` is on
         self.compiled = False
+        self.corpus: dict[str, Any] = {}  # the identity of the corpus trained on (`Manifest.identity`)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -120,8 +121,9 @@ class GPTLightning(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-        # the last logged values (train/loss, val/loss...), for the model card of an export
+        # the last logged values (train/loss, val/loss...) and the corpus, for the model card of an export
         checkpoint["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        checkpoint["corpus"] = self.corpus
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng = checkpoint.get("rng")

@@ -17,6 +17,7 @@ from model.data import TokenDataModule, TokenShards
 from model.gpt import GPT
 from model.lineage import record_checkpoint, record_corpus
 from model.lit import GPTLightning
+from model.manifest import Manifest
 
 
 def accumulation(tr: dict[str, Any], block_size: int) -> int:
@@ -88,6 +89,7 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     last = Path(ckpt_dir) / "last.ckpt"
     module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], tr["activation_checkpointing"], tr["compile"])
     data = TokenDataModule(data_dir, cfg["model"]["block_size"], tr["batch_size"], cfg["seed"], tr["num_workers"])
+    module.corpus = Manifest.read(data_dir).identity()  # recorded in every checkpoint
     logger = make_logger(cfg)
     if logger:
         record_corpus(logger.experiment, data_dir)

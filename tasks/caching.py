@@ -34,14 +34,14 @@ def _file_keys(value: Any) -> Any:
     return storage.file_key(value) if is_file else value
 
 
-def _targets(value: Any) -> list[ModuleType]:
+def targets(value: Any) -> list[ModuleType]:
     """The modules of every `_target_` in a setting (a step of `corpus.pipeline`), imported."""
     if isinstance(value, (list, tuple)):
-        return [m for v in value for m in _targets(v)]
+        return [m for v in value for m in targets(v)]
     if not isinstance(value, dict):
         return []
     own = [importlib.import_module(value["_target_"].rsplit(".", 1)[0])] if "_target_" in value else []
-    return own + [m for v in value.values() for m in _targets(v)]
+    return own + [m for v in value.values() for m in targets(v)]
 
 
 PROJECT_PACKAGES = {"tasks", "model", "flows", "sample"}
@@ -94,7 +94,7 @@ def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleTy
     `file_key`) and of the code that runs: `module`, the modules its inputs name by `_target_`, and the
     project modules these use."""
     keyed = {k: _file_keys(v) if k in files else v for k, v in inputs.items()}
-    payload = json.dumps([keyed, code_version(module, *_targets(inputs))], sort_keys=True, default=str)
+    payload = json.dumps([keyed, code_version(module, *targets(inputs))], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

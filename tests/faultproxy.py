@@ -56,6 +56,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.faults: Counter = Counter()       # (kind, operation) -> faults injected
         self.requests: Counter = Counter()     # operation -> requests seen
+        self.turns: Counter = Counter()        # operation -> faults injected since the proxy started
         self.warc_bytes = 0                    # WARC bytes sent in answers that were not faulted
         self.outage_key: str | None = None
         self.outage_started = False
@@ -114,7 +115,8 @@ class FaultProxy:
             self.requests[op] += 1
             if op == "other" or self.rng.random() >= self.rate:
                 return None
-            kind = min(kinds, key=lambda k: self.faults[k, op])  # round the kinds, in order
+            kind = kinds[self.turns[op] % len(kinds)]  # round the kinds, in order, across runs
+            self.turns[op] += 1
             self.faults[kind, op] += 1
             return kind
 

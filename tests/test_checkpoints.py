@@ -69,7 +69,7 @@ def test_a_zero_folder_as_deepspeed_writes_it_loads_weights_only_and_exports(zer
     trained = torch.load(zero_folders / f"zero{stage}.pt", weights_only=True)
     loaded = load_gpt(str(folder), pack=False).state_dict()
     assert trained.keys() == loaded.keys() and all(torch.equal(trained[k], loaded[k]) for k in trained)
-    card = (Path(export_hf(str(folder), str(tmp_path / "hf"), None)) / "README.md").read_text()
+    card = (Path(export_hf(str(folder), str(tmp_path / "hf"))) / "README.md").read_text()
     assert "| training steps | 1 |" in card
 
 

@@ -22,6 +22,7 @@ CONF = REPO / "conf"
     ("flows.train", ["trainer=gpux"], "Could not find 'trainer/gpux'"),
     ("flows.corpus", ["corpus=pushshift", "corpus.dumps=[/nonexistent/RS_x.zst]"], "dump /nonexistent/RS_x.zst does not exist"),
     ("flows.corpus", ["corpus.source=warc"], "corpus.source=warc needs corpus.warc_files"),
+    ("flows.refresh", ["corpus.refresh.dumps_dir=/nonexistent/dumps"], "corpus.refresh.dumps_dir=/nonexistent/dumps does not exist"),
     ("flows.generate", [f"checkpoint={REPO / 'README.md'}"], "is not a checkpoint"),
     ("flows.evaluate", [], "no checkpoint at"),
     ("flows.train", ["trainer=gpu"], "needs a CUDA GPU and this machine has none"),

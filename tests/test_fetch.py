@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from tasks.corpus.document import Document, write_documents
 from tasks.corpus.extract import Extract
 from tasks.corpus.warc import warc_records
 from tasks.corpus.shards import shard_pages
-from tasks.corpus.fetch import FetchFailed, fetch_pages
+from tasks.corpus.fetch import FetchFailed, PageStore, fetch_pages
 from tasks.corpus.prefect_tasks import fetch_task
 from tests import webserver
 from tests.webserver import ARTICLE, TestWeb
@@ -153,3 +154,15 @@ def test_a_shard_whose_pages_fail_on_the_network_fails_and_retries_them_next_tim
         back.shutdown()
     assert result["stats"]["fetch/ok"] == 5  # the failed pages were fetched again...
     assert web.hits["/ok?net"] == 1  # ...and the one already fetched was not
+
+
+def test_a_damaged_journal_line_is_counted_and_refetched_and_a_torn_last_line_is_cut(tmp_path):
+    lines = [json.dumps({"url": f"https://a.example/{i}", "outcome": "not_html", "status": 200, "warc_end": 0})
+             for i in range(3)]
+    journal = tmp_path / "outcomes.jsonl"
+    journal.write_text(f"{lines[0]}\n{{\"url\": \"https://a.exa\x00\n{lines[1]}\n{lines[2][:20]}")
+    store = PageStore(tmp_path)
+    store.close()
+    assert set(store.done) == {"https://a.example/0", "https://a.example/1"}  # the damaged line's page: fetched again
+    assert store.outcome_counts()["fetch/damaged_journal_line"] == 1
+    assert journal.read_text().endswith(f"{lines[1]}\n")  # the next outcome starts a line of its own

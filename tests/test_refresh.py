@@ -8,13 +8,29 @@ import zstandard
 from flows.common import load_config
 from flows.refresh import refresh_flow
 from model.data import TokenShards
+from model.manifest import Manifest
+from model.train import fit
 from sample.build import DUMP
 from tasks.corpus.fetch import FetchFailed
+from tasks.lm.export import export_hf
+from tests.test_flows import wandb_records
 
 
 def write_month(folder: Path, name: str, lines: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+
+
+def train_two_steps(data: Path, tokens: Path) -> tuple[str, dict]:
+    """A gpt2-tiny run of two steps on `tokens`, logged to W&B offline: its checkpoint, and the
+    corpus its W&B run recorded."""
+    cfg = load_config([f"paths.data={data}", "model=gpt2-tiny", "model.block_size=32", "trainer.batch_size=4",
+                       "trainer.max_steps=2", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0"])
+    checkpoint = fit(cfg, str(tokens), str(data / "ckpt"))["checkpoint"]
+    [run] = (data / "wandb" / "wandb").glob("offline-run-*")
+    [corpus] = [r["config"]["update"]["corpus"] for r in wandb_records(run)
+                if r.get("type") == "config" and "corpus" in r["config"]["update"]]
+    return checkpoint, corpus
 
 
 def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
@@ -25,7 +41,12 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
 
     first = refresh_flow(cfg)
     assert first["new_dumps"] == ["RS_2019-01.zst"] and first["version"] == 1
-    v1_train = len(TokenShards(tmp_path / "corpus" / "demo" / "tokens", "train"))
+    tokens = tmp_path / "corpus" / "demo" / "tokens"
+    v1_train = len(TokenShards(tokens, "train"))
+    v1 = Manifest.read(str(tokens))  # a refreshed corpus carries what a first build's manifest does
+    assert (v1.name, v1.version, v1.config["name"], v1.eot) == ("demo", 1, "demo", 50256) and v1.code_version
+    checkpoint, recorded = train_two_steps(tmp_path, tokens)  # training on it records its lineage
+    assert recorded == v1.identity() and recorded["documents"] > 0
 
     # February repeats four of January's links and brings the rest
     write_month(dumps, "RS_2019-02.zst", lines[36:])
@@ -37,11 +58,13 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     # near-dup removal across versions: the same documents survive as in one run over both months
     assert first["stats"]["dedup/kept"] + second["stats"]["dedup/kept"] == 47
 
-    tokens = tmp_path / "corpus" / "demo" / "tokens"
     assert len(TokenShards(tokens, "train")) > v1_train
     old = json.loads((tokens / "manifest-v0001.json").read_text())
     assert all((tokens / s["bin"]).exists() for s in old["splits"]["train"])  # version 1 stays readable
-    assert json.loads((tokens / "manifest.json").read_text())["version"] == 2
+    assert Manifest.read(str(tokens)).version == 2
+    # version 2 now lies in corpus.out_dir: the card still names the version the model was trained on
+    card = (Path(export_hf(checkpoint, str(tmp_path / "hf"))) / "README.md").read_text()
+    assert f"| corpus | demo, version 1, {v1.tokens('train'):,} train tokens (manifest sha256 {v1.sha256[:12]}) |" in card
 
     third = refresh_flow(cfg)
     assert third == {"new_dumps": [], "version": 2}  # nothing new: no work

@@ -18,7 +18,7 @@ from tasks.corpus.warc import warc_records
 from tasks.corpus.quality import Quality
 from tasks.corpus.prefect_tasks import shard_task
 from tasks.corpus.shards import plan_warc_shards
-from tasks.corpus.step import Step, StepFailed, build_steps, funnel_rows
+from tasks.corpus.step import Step, StepFailed, build_steps, check_errors, funnel_rows
 from tests.test_dedup import story
 
 
@@ -177,6 +177,17 @@ class Broken(Step):
 
     def reject(self, doc: Document) -> str | None:
         raise KeyError("a bug")
+
+
+def test_a_step_that_raises_on_every_document_of_a_small_shard_fails_it_and_one_bad_page_does_not(tmp_path):
+    cfg = load_config(["logger=none"])["corpus"]
+    write_warc(tmp_path / "a.warc.gz", 5)
+    shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
+    pipeline = [cfg["pipeline"][0], {"_target_": "tests.test_shards.Broken"}]
+    with pytest.raises(StepFailed, match=r"step broken raised on 5 of 5 documents"):
+        shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
+    stats = Counter({"broken/in": 5, "broken/error_KeyError": 1, "broken/kept": 4})
+    check_errors(stats, build_steps(pipeline[1:]), cfg["max_error_share"], "shard 00000")  # a bad page: counted
 
 
 def test_a_step_that_raises_on_most_documents_fails_the_shard_and_leaves_no_marker(tmp_path):

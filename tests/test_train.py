@@ -152,7 +152,7 @@ def test_an_export_generates_with_transformers_pipeline_offline_with_gpt2_token_
 
     result = fit(train_cfg("trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1"),
                  shards, str(tmp_path / "ckpt"))
-    out = export_hf(result["checkpoint"], str(tmp_path / "hf"), None)
+    out = export_hf(result["checkpoint"], str(tmp_path / "hf"))
     generator = pipeline("text-generation", model=out, device="cpu")
     prompt = generator.tokenizer("The harbour council")["input_ids"]
     [out_ids] = generator("The harbour council", max_new_tokens=5, min_new_tokens=5, do_sample=False, return_tensors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import zstandard
 
+from model.manifest import FILE, Manifest
 from tasks import storage
 
 
@@ -61,6 +62,6 @@ def read_documents(path: str | Path) -> Iterator[Document]:
 
 def corpus_documents(tokens_dir: str | Path) -> Iterator[Document]:
     """Stream every kept document of a built corpus, shard after shard, as its manifest lists them."""
-    manifest = json.loads(storage.read_text(storage.join(tokens_dir, "manifest.json")))
-    for kept in manifest["kept"]:
+    manifest = Manifest.from_json(storage.read_text(storage.join(tokens_dir, FILE)))
+    for kept in manifest.kept:
         yield from read_documents(storage.join(tokens_dir, kept["docs"]))

@@ -165,6 +165,7 @@ class PageStore:
     def __init__(self, out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.warc_path, self.journal_path = out_dir / "pages.warc.gz", out_dir / "outcomes.jsonl"
+        self.damaged_lines = 0
         self.done = self._read_journal()
         end = max((e["warc_end"] for e in self.done.values()), default=0)
         with open(self.warc_path, "ab") as warc:
@@ -174,15 +175,25 @@ class PageStore:
         self.journal = open(self.journal_path, "a")
 
     def _read_journal(self) -> dict[str, dict[str, Any]]:
-        done = {}
-        if self.journal_path.exists():
-            for line in self.journal_path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a killed run
-                    continue
-                if not entry["outcome"].startswith(NETWORK_FAILURES):  # those get another try
-                    done[entry["url"]] = entry
+        """The outcomes recorded so far. A last line cut off by a kill is cut from the file, so that
+        the next line starts a line of its own; a damaged line before it (the disk's doing) is
+        counted (`fetch/damaged_journal_line`) and its URL fetched again."""
+        done: dict[str, dict[str, Any]] = {}
+        if not self.journal_path.exists():
+            return done
+        text = self.journal_path.read_text()
+        if text and not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+            self.journal_path.write_text(text)
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                self.damaged_lines += 1
+                log.warning("%s: line %d is damaged; its page is fetched again", self.journal_path, number)
+                continue
+            if not entry["outcome"].startswith(NETWORK_FAILURES):  # those get another try
+                done[entry["url"]] = entry
         return done
 
     def add(self, got: Fetched) -> None:
@@ -197,7 +208,10 @@ class PageStore:
         self.done[got.url] = entry
 
     def outcome_counts(self) -> Counter:
-        return Counter(f"fetch/{e['outcome']}" for e in self.done.values())
+        counts = Counter(f"fetch/{e['outcome']}" for e in self.done.values())
+        if self.damaged_lines:
+            counts["fetch/damaged_journal_line"] = self.damaged_lines
+        return counts
 
     def close(self) -> None:
         self.warc.close()

@@ -61,12 +61,14 @@ class StepFailed(Exception):
 
 
 def check_errors(stats: Counter, steps: list[Step], max_share: float, where: str, min_docs: int = 20) -> None:
-    """StepFailed when a step raised on more than `max_share` of its documents (from `min_docs` on:
-    a few broken pages in a small shard are still just bad input)."""
+    """StepFailed when a step raised on more than `max_share` of its documents: from `min_docs` on,
+    or on every document of a smaller shard (a few broken pages in a small shard are still just bad
+    input; all of them, a broken step)."""
     for step in steps:
         seen = stats[f"{step.name}/in"]
         errors = Counter({k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith(f"{step.name}/error_")})
-        if seen >= min_docs and sum(errors.values()) > max_share * seen:
+        raised = sum(errors.values())
+        if (seen >= min_docs or raised == seen) and raised > max_share * seen:
             top = ", ".join(f"{reason} {n}" for reason, n in errors.most_common(3))
             raise StepFailed(f"{where}: step {step.name} raised on {sum(errors.values())} of {seen} documents ({top}), "
                              f"over corpus.max_error_share={max_share}: see the log's warnings for the first errors")

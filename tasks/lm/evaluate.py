@@ -2,7 +2,6 @@
 and their overlap with the training corpus."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from model.benchmarks import Benchmark, available_benchmarks, benchmark_text, sc
 from model.data import TokenShards
 from model.evaluate import perplexity
 from model.lit import load_gpt
+from model.manifest import Manifest
 from tasks.caching import FilesAndCode
 from tasks.corpus.contamination import ngram_filter, overlap
 from tasks.corpus.document import corpus_documents
@@ -31,7 +31,7 @@ def stride(cfg: dict[str, Any]) -> int:
 
 def contamination(data_dir: str, benchmarks: list[Benchmark]) -> dict[str, float]:
     """Percent of each benchmark's 8-grams that occur in the training documents."""
-    tokens = json.loads((Path(data_dir) / "manifest.json").read_text())["stats"].get("tokenize/tokens", 0)
+    tokens = Manifest.read(data_dir).stats.get("tokenize/tokens", 0)
     bloom = ngram_filter((d.text for d in corpus_documents(Path(data_dir))), expected=tokens)  # words < tokens
     return {b.name: 100 * overlap(bloom, benchmark_text(b)) for b in benchmarks}
 

@@ -2,7 +2,6 @@
 model=folder)` loads offline: weights, GPT-2's tokenizer and a model card."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,38 +12,36 @@ from model.bpe import hf_tokenizer
 from model.lit import consolidated, load_gpt
 
 
-def export_hf(checkpoint: str, out_dir: str, corpus_manifest: str | None) -> str:
+def export_hf(checkpoint: str, out_dir: str) -> str:
     """Write `checkpoint` to `out_dir` (weights, tokenizer, README.md); returns the folder."""
     load_gpt(checkpoint, pack=False).to_hf(out_dir)
     hf_tokenizer().save_pretrained(out_dir)
-    facts = training_facts(checkpoint)
-    corpus = json.loads(Path(corpus_manifest).read_text()) if corpus_manifest and Path(corpus_manifest).exists() else {}
-    (Path(out_dir) / "README.md").write_text(model_card(facts, corpus, checkpoint))
+    (Path(out_dir) / "README.md").write_text(model_card(training_facts(checkpoint), checkpoint))
     return out_dir
 
 
 def training_facts(checkpoint: str) -> dict[str, Any]:
-    """Steps, hyperparameters and last metrics of a training checkpoint (empty for a transformers folder)."""
+    """Steps, hyperparameters, last metrics and the corpus (`Manifest.identity`) of a training
+    checkpoint, as it recorded them (empty for a transformers folder)."""
     if (Path(checkpoint) / "config.json").exists():
         return {}
     saved = torch.load(consolidated(checkpoint), map_location="cpu", weights_only=True, mmap=True)
     return {"steps": saved.get("global_step"), "hparams": saved.get("hyper_parameters", {}),
-            "metrics": saved.get("metrics", {})}
+            "metrics": saved.get("metrics", {}), "corpus": saved.get("corpus", {})}
 
 
-def model_card(facts: dict[str, Any], corpus: dict[str, Any], checkpoint: str) -> str:
+def model_card(facts: dict[str, Any], checkpoint: str) -> str:
     """A short Markdown model card: what the model is, what it was trained on, how far, how well."""
     model = facts.get("hparams", {}).get("model", {})
-    metrics = facts.get("metrics", {})
-    tokens = sum(s["tokens"] for s in corpus.get("splits", {}).get("train", []))
+    metrics, corpus = facts.get("metrics", {}), facts.get("corpus", {})
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, opengpt2]", "---", "",
              f"# {model.get('name', 'opengpt2 model')}", "",
              "A GPT-2 trained by [opengpt2](https://github.com/opengpt2) on an OpenWebText-style corpus.", "",
              "| | |", "|---|---|",
              f"| architecture | GPT-2, {model.get('n_layer', '?')} layers, {model.get('n_head', '?')} heads, "
              f"width {model.get('n_embd', '?')}, context {model.get('block_size', '?')} |",
-             f"| corpus | {corpus.get('config', {}).get('name', 'unknown')}"
-             f"{', version ' + str(corpus['version']) if 'version' in corpus else ''}, {tokens:,} train tokens |",
+             f"| corpus | {corpus.get('name', 'unknown')}{', version ' + str(corpus['version']) if 'version' in corpus else ''}"
+             f", {corpus.get('train_tokens', 0):,} train tokens (manifest sha256 {corpus.get('manifest_sha256', '?')[:12]}) |",
              f"| training steps | {facts.get('steps', 'unknown')} |"]
     if "val/loss" in metrics:
         lines.append(f"| val loss / perplexity (windowed, at the last validation) | {metrics['val/loss']:.3f} / "
