@@ -9,6 +9,7 @@ from distributed import Client, LocalCluster, get_task_stream
 
 from flows.common import load_config, task_runner
 from flows.corpus import corpus_flow
+from tasks import storage
 from tasks.cluster import attached, on_cluster
 from tasks.corpus.document import corpus_documents
 from tasks.corpus.report import funnel
@@ -45,7 +46,7 @@ def a_shard_reporting_progress() -> int:
 
 def test_what_the_work_logs_on_a_worker_is_logged_by_the_caller(cluster, caplog):
     caplog.set_level(logging.INFO, logger="tasks")
-    with attached(cluster[1]):
+    with attached(cluster[1], storage.settings()):
         pid = on_cluster(a_shard_reporting_progress)
     assert pid != os.getpid()
     assert any(r.message.startswith("shard 00042: 0 pages in") and r.levelno == logging.INFO for r in caplog.records)
@@ -60,6 +61,6 @@ def test_workers_started_for_a_flow_run_import_no_prefect_and_keep_no_cpu_profil
 
 
 def test_work_whose_worker_dies_is_run_again_on_another(cluster, tmp_path):
-    with attached(cluster[1]):
+    with attached(cluster[1], storage.settings()):
         pid = on_cluster(dies_the_first_time, str(tmp_path / "died-once"))
     assert pid != int((tmp_path / "died-once").read_text())  # another worker, or the dead one restarted
