@@ -62,7 +62,7 @@ def row(stage: str, ours: float, anchor: float, unit: str, note: str = "") -> di
 def main() -> None:
     cfg = load_config()["corpus"]
     source, pages = load_pages()
-    method = cfg["pipeline"][0]["method"]
+    method = cfg["pipeline"]["extract"]["method"]
     print(f"corpus stages on {source}")
     results = []
 

@@ -26,6 +26,7 @@ from tasks.corpus.neardup import Source, dropped, offsets
 from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.prefect_tasks import candidates_task, confirm_task, fetch_task, finish_task, shard_task, urls_task
 from tasks.corpus.shards import plan_warc_shards
+from tasks.corpus.step import enabled_steps
 from tasks.errors import MissingInput, UserError
 
 
@@ -159,9 +160,9 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     for warc in c["warc_files"] if c["source"] == "warc" else []:
         if not storage.exists(warc):
             raise MissingInput(f"WARC file {warc} does not exist: check corpus.warc_files")
-    for i, step in enumerate(c["pipeline"]):
-        if step.get("enabled", True) and "benchmarks_dir" in step:
-            check_benchmarks(step["benchmarks_dir"], step["benchmarks"], f"corpus.pipeline.{i}.benchmarks_dir")
+    for name, step in enabled_steps(c["pipeline"]).items():
+        if "benchmarks_dir" in step:
+            check_benchmarks(step["benchmarks_dir"], step["benchmarks"], f"corpus.pipeline.{name}.benchmarks_dir")
     return cfg
 
 

@@ -145,7 +145,7 @@ class Fetch(Strict):
 
 
 class Step(BaseModel):
-    """One entry of `corpus.pipeline`: a step class and its settings (checked by the class itself)."""
+    """One step of `corpus.pipeline`, by name: its class and its settings (checked by the class itself)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     target: Annotated[str, Field(alias="_target_", pattern=r"^tasks\.corpus\.\w+\.\w+$")]
@@ -182,7 +182,7 @@ class Corpus(Strict):
     max_error_share: Fraction
     urls: Urls
     fetch: Fetch
-    pipeline: list[Step]
+    pipeline: dict[str, Step]
     dedup: Dedup
     tokenize: Tokenize
 

@@ -123,7 +123,7 @@ def test_contamination_overlap_and_drop(tmp_path):
     assert overlap(bloom, "The quick brown fox jumps over the lazy dog near the river") == 1.0
     assert overlap(bloom, "a completely different sentence with more than eight words in it") == 0.0
     (tmp_path / "wiki.test.raw").write_text("one two three four five six seven eight nine ten")
-    step = Decontaminate(str(tmp_path), {"wikitext2": "wiki.test.raw"}, max_overlap=0.5, enabled=True)
+    step = Decontaminate(str(tmp_path), {"wikitext2": "wiki.test.raw"}, max_overlap=0.5)
     docs = [Document(id="a", url="a", text="one two three four five six seven eight nine ten eleven"),
             Document(id="b", url="b", text="nothing in common with the evaluation set at all, honestly")]
     stats = Counter()

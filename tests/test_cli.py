@@ -49,10 +49,10 @@ def test_every_shipped_config_group_passes_the_schema():
 def test_the_schema_names_every_wrong_key_with_its_value_and_what_is_allowed():
     with pytest.raises(ConfigError) as err:
         load_config(["top_p=0", "repetition_penalty=0", "model.n_head=5", "corpus.dedup.threshold=1.5",
-                     "corpus.pipeline.0._target_=os.system", "+trainer.typo=1"])
+                     "corpus.pipeline.extract._target_=os.system", "+trainer.typo=1"])
     message = str(err.value)
     for part in ("top_p=0: Input should be greater than 0", "repetition_penalty=0:", "model: n_embd=128 must be a multiple of n_head=5",
-                 "corpus.dedup.threshold=1.5", "corpus.pipeline.0._target_=os.system", "trainer.typo: unknown key"):
+                 "corpus.dedup.threshold=1.5", "corpus.pipeline.extract._target_=os.system", "trainer.typo: unknown key"):
         assert part in message, message
 
 

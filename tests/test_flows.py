@@ -197,9 +197,9 @@ def test_decontamination_drops_documents_that_overlap_an_eval_set(demo, tmp_path
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "wiki.test.raw").write_text(docs[3].text)  # an eval set that leaked into training
     # the sample's stories share template phrases, so only a document mostly made of eval 8-grams goes
-    clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.pipeline.3.enabled=true", "logger=none",
-                             "corpus.pipeline.3.max_overlap=0.5", f"eval.benchmarks_dir={tmp_path / 'bench'}"])
-    clean_cfg["corpus"]["pipeline"][3]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
+    clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.pipeline.decontaminate.enabled=true", "logger=none",
+                             "corpus.pipeline.decontaminate.max_overlap=0.5", f"eval.benchmarks_dir={tmp_path / 'bench'}"])
+    clean_cfg["corpus"]["pipeline"]["decontaminate"]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
     result = corpus_flow(clean_cfg)
     # it runs before dedup, so the leaked story's syndicated copy goes with it
     assert result["stats"]["decontaminate/overlaps_eval"] == 2 and result["stats"]["tokenize/kept"] == len(docs) - 1

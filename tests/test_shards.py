@@ -57,7 +57,7 @@ def test_a_finished_shard_is_reused_and_a_changed_one_redone(tmp_path):
     written = os.stat(out / "docs.jsonl.zst").st_mtime_ns
     assert shard_task.fn(shard, str(out), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"]) == first
     assert os.stat(out / "docs.jsonl.zst").st_mtime_ns == written  # reused from its done marker
-    cfg["pipeline"][1]["keep"] = ["de"]  # other settings: the marker no longer matches
+    cfg["pipeline"]["language"]["keep"] = ["de"]  # other settings: the marker no longer matches
     redone = shard_task.fn(shard, str(out), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"])
     assert redone["stats"]["language/other_language"] == 6 and redone["source"]["n"] == 0
     assert json.loads((out / "done.json").read_text())["result"] == redone
@@ -88,8 +88,12 @@ def test_the_base_counts_in_kept_reasons_and_errors_for_every_step():
     assert stats == Counter({"shouty/in": 4, "shouty/kept": 2, "shouty/shouting": 1, "shouty/error_RuntimeError": 1})
 
 
-def test_the_pipeline_list_drives_the_steps_and_the_funnel():
-    pipeline = load_config(["corpus.pipeline.2.enabled=true"])["corpus"]["pipeline"]
+def test_steps_are_named_and_one_is_overridden_alone_keeping_the_order():
+    base = load_config([])["corpus"]["pipeline"]
+    pipeline = load_config(["corpus.pipeline.quality.enabled=true", "corpus.pipeline.extract.method=trafilatura"])[
+        "corpus"]["pipeline"]
+    assert list(pipeline) == list(base) == ["extract", "language", "quality", "decontaminate"]
+    assert pipeline["language"] == base["language"] and pipeline["extract"]["method"] == "trafilatura"
     assert [type(s).__name__ for s in build_steps(pipeline)] == ["Extract", "Language", "Quality"]
     assert [label for label, _ in funnel_rows(pipeline)] == ["extracted", "English", "quality"]
 
@@ -99,7 +103,7 @@ def test_quality_drops_repeated_and_list_like_documents():
     docs = [Document(id="1", url="1", text=prose), Document(id="2", url="2", text="Buy now\n" * 10),
             Document(id="3", url="3", text="\n".join(["Home", "News", "Sport", "Weather", "Travel", "x y"]))]
     stats = Counter()
-    assert [d.id for d in Quality(enabled=True)(docs, stats)] == ["1"]
+    assert [d.id for d in Quality()(docs, stats)] == ["1"]
     assert stats["quality/repeated_lines"] == 1 and stats["quality/short_lines"] == 1
 
 
@@ -183,18 +187,18 @@ def test_a_step_that_raises_on_every_document_of_a_small_shard_fails_it_and_one_
     cfg = load_config(["logger=none"])["corpus"]
     write_warc(tmp_path / "a.warc.gz", 5)
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
-    pipeline = [cfg["pipeline"][0], {"_target_": "tests.test_shards.Broken"}]
+    pipeline = {"extract": cfg["pipeline"]["extract"], "broken": {"_target_": "tests.test_shards.Broken"}}
     with pytest.raises(StepFailed, match=r"step broken raised on 5 of 5 documents"):
         shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
     stats = Counter({"broken/in": 5, "broken/error_KeyError": 1, "broken/kept": 4})
-    check_errors(stats, build_steps(pipeline[1:]), cfg["max_error_share"], "shard 00000")  # a bad page: counted
+    check_errors(stats, build_steps({"broken": pipeline["broken"]}), cfg["max_error_share"], "shard 00000")  # a bad page: counted
 
 
 def test_a_step_that_raises_on_most_documents_fails_the_shard_and_leaves_no_marker(tmp_path):
     cfg = load_config(["logger=none"])["corpus"]
     write_warc(tmp_path / "a.warc.gz", 30)
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
-    pipeline = [cfg["pipeline"][0], {"_target_": "tests.test_shards.Broken"}]
+    pipeline = {"extract": cfg["pipeline"]["extract"], "broken": {"_target_": "tests.test_shards.Broken"}}
     with pytest.raises(StepFailed, match=r"step broken raised on 30 of 30 documents \(error_KeyError 30\)"):
         shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
     assert not (tmp_path / "out" / "done.json").exists()  # not done: a rerun does it again

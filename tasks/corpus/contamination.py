@@ -44,14 +44,12 @@ class Decontaminate(Step):
 
     name, label = "decontaminate", "decontaminated"
 
-    def __init__(self, benchmarks_dir: str | None, benchmarks: dict[str, str], max_overlap: float = 0.1,
-                 enabled: bool = False):
-        super().__init__(enabled)
+    def __init__(self, benchmarks_dir: str | None, benchmarks: dict[str, str], max_overlap: float = 0.1):
+        super().__init__()
         self.max_overlap = max_overlap
-        if enabled:
-            texts = [benchmark_text(b) for b in available_benchmarks({"benchmarks_dir": benchmarks_dir,
-                                                                     "benchmarks": benchmarks})]
-            self.eval_filter = ngram_filter(texts, expected=sum(len(t.split()) for t in texts))
+        texts = [benchmark_text(b) for b in available_benchmarks({"benchmarks_dir": benchmarks_dir,
+                                                                 "benchmarks": benchmarks})]
+        self.eval_filter = ngram_filter(texts, expected=sum(len(t.split()) for t in texts))
 
     def reject(self, doc: Document) -> str | None:
         return "overlaps_eval" if overlap(self.eval_filter, doc.text) > self.max_overlap else None

@@ -113,8 +113,8 @@ class Extract(Step):
 
     name, label = "extract", "extracted"
 
-    def __init__(self, method: str = "ensemble", enabled: bool = True):
-        super().__init__(enabled)
+    def __init__(self, method: str = "ensemble"):
+        super().__init__()
         self.method = checked_method(method)  # at the door: per page it would only count errors
 
     def reject(self, doc: Document) -> str | None:

@@ -26,8 +26,8 @@ class Language(Step):
 
     name, label = "language", "English"
 
-    def __init__(self, keep: list[str], min_prob: float = 0.5, enabled: bool = True):
-        super().__init__(enabled)
+    def __init__(self, keep: list[str], min_prob: float = 0.5):
+        super().__init__()
         self.keep, self.min_prob = list(keep), min_prob
 
     def reject(self, doc: Document) -> str | None:

@@ -35,7 +35,7 @@ def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None 
 
 
 @task(name="shard", cache_policy=FilesAndCode(files=("shard", "pipeline"), exclude=("force",), code=process_shard))
-def shard_task(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
+def shard_task(shard: dict[str, Any], out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
                max_error_share: float, force: bool = False) -> dict[str, Any]:
     """The per-document steps over one shard, reusing its done marker unless `force`; StepFailed
     (and no marker) when a step raised on more than `max_error_share` of its documents."""

@@ -1,5 +1,5 @@
 """Step quality: Gopher-style repetition and line-shape rules (Rae et al. 2021, appendix A), off by
-default since OpenWebText had none; turn it on with `corpus.pipeline.<i>.enabled=true`."""
+default since OpenWebText had none; turn it on with `corpus.pipeline.quality.enabled=true`."""
 from __future__ import annotations
 
 from collections import Counter
@@ -19,9 +19,8 @@ class Quality(Step):
 
     name, label = "quality", "quality"
 
-    def __init__(self, max_duplicate_lines: float = 0.3, min_words_per_line: float = 3.0,
-                 enabled: bool = False):
-        super().__init__(enabled)
+    def __init__(self, max_duplicate_lines: float = 0.3, min_words_per_line: float = 3.0):
+        super().__init__()
         self.max_duplicate_lines, self.min_words_per_line = max_duplicate_lines, min_words_per_line
 
     def reject(self, doc: Document) -> str | None:

@@ -14,7 +14,7 @@ SOURCE_ROWS = [("records read", "urls/records_read"), ("URLs kept", "urls/kept")
 FINAL_ROWS = [("after dedup", "dedup/kept"), ("≥ min tokens", "tokenize/kept"), ("tokens", "tokenize/tokens")]
 
 
-def funnel(stats: dict[str, int], pipeline: list[dict[str, Any]]) -> list[tuple[str, int]]:
+def funnel(stats: dict[str, int], pipeline: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
     """(stage, count) from records read to tokens written, with a row for each enabled pipeline step."""
     return [(label, int(stats.get(key, 0))) for label, key in SOURCE_ROWS + funnel_rows(pipeline) + FINAL_ROWS]
 
@@ -25,7 +25,7 @@ def breakdown(stats: dict[str, int], prefix: str) -> dict[str, int]:
     return dict(sorted(items.items(), key=lambda kv: -kv[1]))
 
 
-def funnel_markdown(stats: dict[str, int], pipeline: list[dict[str, Any]], sizes: dict[str, int] | None = None) -> str:
+def funnel_markdown(stats: dict[str, int], pipeline: dict[str, dict[str, Any]], sizes: dict[str, int] | None = None) -> str:
     """The funnel, the size of each stage's output, and every counter behind them, as Markdown."""
     rows = "\n".join(f"| {label} | {count:,} |" for label, count in funnel(stats, pipeline))
     text = f"## Corpus funnel\n\n| stage | count |\n|---|---:|\n{rows}\n"
@@ -35,7 +35,7 @@ def funnel_markdown(stats: dict[str, int], pipeline: list[dict[str, Any]], sizes
     return text + f"\n### All counters\n\n| counter | value |\n|---|---:|\n{details}\n"
 
 
-def plot_funnel(stats: dict[str, int], pipeline: list[dict[str, Any]], path: Path) -> None:
+def plot_funnel(stats: dict[str, int], pipeline: dict[str, dict[str, Any]], path: Path) -> None:
     """Three panels: documents left after each stage, fetch outcomes, and languages."""
     # Imported here: Dask workers import this module with the flow's, and matplotlib (~40 MiB) is only
     # needed for this one picture at the end of a run.
@@ -59,7 +59,7 @@ def plot_funnel(stats: dict[str, int], pipeline: list[dict[str, Any]], path: Pat
 
 
 def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path,
-                 pipeline: list[dict[str, Any]]) -> dict[str, str]:
+                 pipeline: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Write funnel.md, funnel.json and funnel.png to `out_dir`; returns their paths."""
     paths = {"md": out_dir / "funnel.md", "json": out_dir / "funnel.json", "png": out_dir / "funnel.png"}
     paths["md"].write_text(funnel_markdown(stats, pipeline, sizes))
@@ -70,7 +70,7 @@ def write_report(stats: dict[str, int], sizes: dict[str, int], out_dir: Path,
 
 
 def log_to_wandb(stats: dict[str, int], report: dict[str, str], logger: dict[str, Any], name: str,
-                 pipeline: list[dict[str, Any]], tokens_dir: str) -> str | None:
+                 pipeline: dict[str, dict[str, Any]], tokens_dir: str) -> str | None:
     """Log the funnel as a W&B run (job type "corpus"): counters, a table, the chart, and the corpus
     version as a `dataset` artifact (its manifest). Returns the run's folder."""
     if not logger["enabled"]:

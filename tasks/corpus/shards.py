@@ -97,7 +97,7 @@ def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[n
         yield doc
 
 
-def process_shard(shard: dict[str, Any], out_dir: str, pipeline: list[dict[str, Any]], dedup: dict[str, Any],
+def process_shard(shard: dict[str, Any], out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
                   max_error_share: float) -> dict[str, Any]:
     """Run the pipeline's steps over one shard's pages; write the kept documents and their LSH band
     keys. StepFailed when a step raised on more than `max_error_share` of its documents."""

@@ -26,8 +26,7 @@ class Step:
     name: ClassVar[str]   # counter prefix, e.g. "language"
     label: ClassVar[str]  # its row in the funnel, e.g. "English"
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self) -> None:
         self.stats: Counter = Counter()
 
     def reject(self, doc: Document) -> str | None:
@@ -74,10 +73,16 @@ def check_errors(stats: Counter, steps: list[Step], max_share: float, where: str
                              f"over corpus.max_error_share={max_share}: see the log's warnings for the first errors")
 
 
-def build_steps(pipeline: list[dict[str, Any]]) -> list[Step]:
-    """The enabled steps of a `corpus.pipeline` list, in order (a disabled one is not even imported)."""
-    steps = [instantiate(entry) for entry in pipeline if entry.get("enabled", True)]
-    return [step for step in steps if step.enabled]
+def enabled_steps(pipeline: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The `corpus.pipeline` entries that are enabled, in order, each without its `enabled` flag:
+    the one place the flag is read."""
+    return {name: {k: v for k, v in entry.items() if k != "enabled"}
+            for name, entry in pipeline.items() if entry.get("enabled", True)}
+
+
+def build_steps(pipeline: dict[str, dict[str, Any]]) -> list[Step]:
+    """The enabled steps of `corpus.pipeline`, in order (a disabled one is not even imported)."""
+    return [instantiate(entry) for entry in enabled_steps(pipeline).values()]
 
 
 def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter) -> Iterator[Document]:
@@ -87,7 +92,7 @@ def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter) -> It
     return iter(docs)
 
 
-def funnel_rows(pipeline: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def funnel_rows(pipeline: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(funnel label, counter) of each enabled step, in pipeline order, without building the steps."""
-    steps = [get_class(e["_target_"]) for e in pipeline if e.get("enabled", True)]
+    steps = [get_class(entry["_target_"]) for entry in enabled_steps(pipeline).values()]
     return [(step.label, f"{step.name}/kept") for step in steps]
