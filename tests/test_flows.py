@@ -1,6 +1,7 @@
 """The flows under a real (temporary) Prefect server, the W&B offline run read back, and the demo end to end."""
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -13,11 +14,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter,
                                             FlowRunFilterId, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId)
 
-from flows.common import checkpoint_path
+from flows.common import checkpoint_path, token_dir
 from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.train import train_flow
+from model.data import TokenShards
+from model.evaluate import perplexity
+from model.gpt import GPT, GPTConfig
 from model.lit import load_gpt
 from tasks.corpus.report import funnel
 from tasks.lm.dashboard import panel_metrics, training_workspace
@@ -163,7 +167,12 @@ def test_a_missing_checkpoint_is_named_with_the_way_out(tmp_path):
 def test_evaluate_and_generate_read_the_checkpoint(demo):
     cfg, _ = demo
     metrics = evaluate_flow(cfg)["val"]
-    assert 1 < metrics["eval/perplexity_strided"] < 1000 and metrics["eval/tokens"] > 1000
+    checkpoint = Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt"
+    trained = load_gpt(str(checkpoint))
+    untrained = GPT(GPTConfig.from_settings(cfg["model"])).eval()  # the same architecture, its initial weights
+    val = torch.from_numpy(TokenShards(Path(token_dir(cfg)), "val")[: cfg["eval"]["max_tokens"]].astype("int64"))
+    before = perplexity(untrained, val, cfg["eval"]["context"], cfg["eval"]["context"] // 2)
+    assert metrics["eval/perplexity_strided"] < before / 10 and metrics["eval/tokens"] > 1000
     runs = lambda: len(list(Path(cfg["logger"]["save_dir"]).glob("wandb/offline-run-*")))  # noqa: E731
     before = runs()
     assert evaluate_flow(cfg)["val"] == metrics and runs() == before  # a cached rerun: no new W&B run
@@ -171,8 +180,8 @@ def test_evaluate_and_generate_read_the_checkpoint(demo):
     assert len(texts) == 2 and texts[0] != texts[1]
     assert all(t.startswith(cfg["prompt"]) and len(t) > len(cfg["prompt"]) for t in texts)
     assert generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 1}) == texts[:1]  # seeded
-    assert isinstance(load_gpt(str(Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt")),
-                      torch.nn.Module)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[f"model.{k}"], v) for k, v in trained.state_dict().items())
 
 
 def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
@@ -215,8 +224,11 @@ def test_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "Corpus funnel:" in out and "after dedup" in out
-    assert "Val perplexity:" in out
-    assert "Recycling is good for the world. NO! YOU COULD NOT BE MORE WRONG!!" in out
+    [perplexity_line] = re.findall(r"Val perplexity: ([\d.]+) \(over ([\d,]+) tokens\)", out)
+    assert 1 < float(perplexity_line[0]) < 1000 and int(perplexity_line[1].replace(",", "")) > 1000  # finite
+    prompt = "Recycling is good for the world. NO! YOU COULD NOT BE MORE WRONG!!"
+    sample = out.split("Sample:\n", 1)[1].split("=" * 72)[0]
+    assert sample.startswith(prompt) and len(sample.strip()) > len(prompt) + 10  # the prompt, then generated text
     assert (tmp_path / "checkpoints" / "gpt2-tiny-demo" / "last.ckpt").exists()
 
 

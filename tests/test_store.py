@@ -10,7 +10,7 @@ from flows.corpus import corpus_flow
 from tasks.corpus.document import corpus_documents
 from tests.test_shards import write_warc
 
-moto_server = pytest.importorskip("moto.server", reason="moto is installed by `make setup` (pyproject)")
+moto_server = pytest.importorskip("moto.server", reason="moto comes with `make test` (the dev extra)")
 BUCKET = "opengpt2-test"
 
 
