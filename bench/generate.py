@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from flows.common import load_config
 from model import GPT, GPTConfig
-from model.lit import compiled_decoding, inference_device, inference_dtype
+from model.checkpoint import compiled_decoding, inference_device, inference_dtype
 from model.sample import generate
 
 PROMPT_TOKENS = 32

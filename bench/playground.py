@@ -33,7 +33,7 @@ from flows.playground import continuous_batch
 from model import GPT, GPTConfig
 from model.batching import Request, decoding_plan, leave_cores_to_decoders
 from model.bpe import gpt2_encoding
-from model.lit import inference_device, inference_dtype, load_gpt
+from model.checkpoint import inference_device, inference_dtype, load_gpt
 from model.sample import generate, tokens_until_all_ended
 
 REQUESTS = [

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from flows.api import temporary_api, wait_for_api
 from flows.schema import check
 from tasks import storage
-from tasks.errors import Interrupted, MissingInput, UserError
+from tasks.errors import STOPPING, Interrupted, MissingInput, UserError
 
 if TYPE_CHECKING:  # config loading stays importable where only the training stack is installed
     from prefect import Task
@@ -80,11 +79,31 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
 
 
 @contextmanager
+def stopping_on_signal() -> Iterator[None]:
+    """Around a flow's body: a signal's exception unwinding it (Prefect's TerminationSignal for SIGTERM,
+    KeyboardInterrupt) sets STOPPING before Prefect's task runner waits for the tasks in flight, so
+    that none is retried and a fetch stops starting pages."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException:
+        STOPPING.set()
+        raise
+
+
+def unless_stopping(task: Task, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition for any failure: retried, unless the run is being stopped."""
+    return not STOPPING.is_set()
+
+
+@contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM and SIGINT raise Interrupted in the main thread while open, so a stopped flow run ends
     Failed (never Completed, never cached) and the command's exit handlers run. Training catches
     them itself for a while, to save its checkpoint first."""
     def stop(signum: int, frame: Any) -> None:
+        STOPPING.set()
         raise Interrupted(f"stopped by {signal.Signals(signum).name}: rerun to resume (finished work is kept)", signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -151,7 +170,7 @@ def failed_on_the_machine(task: Task, task_run: Any, state: Any) -> bool:
     from distributed import KilledWorker
 
     error = state.result(raise_on_failure=False)
-    return isinstance(error, (storage.StoreError, KilledWorker))
+    return isinstance(error, (storage.StoreError, KilledWorker)) and not STOPPING.is_set()
 
 
 @contextmanager
@@ -234,32 +253,14 @@ def checkpoint_path(cfg: dict[str, Any]) -> str:
     if not Path(path).exists():
         raise MissingInput(f"no checkpoint at {path}: train one with `make train` (run_name={cfg['run_name']}) "
                            "or pass checkpoint=PATH (a .ckpt, a DeepSpeed folder or a transformers GPT-2 folder)")
-    if checkpoint_kind(Path(path)) != "transformers":
-        from model.lit import UnsafeCheckpoint, check_weights_only
+    from model.checkpoint import NotACheckpoint, UnsafeCheckpoint, check_weights_only, checkpoint_kind
 
-        try:
+    try:
+        if checkpoint_kind(Path(path)) != "transformers":
             check_weights_only(path)
-        except UnsafeCheckpoint as err:
-            raise UserError(str(err)) from None
+    except (NotACheckpoint, UnsafeCheckpoint) as err:
+        raise UserError(str(err)) from None
     return path
-
-
-def checkpoint_kind(path: Path) -> str:
-    """`transformers`, `deepspeed` or `lightning`: what `path` holds, told from its layout and, for a
-    file, the torch zip format; anything else is a UserError."""
-    if path.is_dir():
-        if (path / "config.json").exists():
-            return "transformers"
-        if (path / "latest").exists() or any(path.glob("checkpoint/*model_states.pt")):
-            return "deepspeed"
-        raise UserError(f"{path} is a folder but neither a transformers GPT-2 folder (config.json) nor a "
-                        "DeepSpeed checkpoint (latest, checkpoint/*model_states.pt)")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if any(name.endswith("/data.pkl") for name in archive.namelist()):
-                return "lightning"
-    raise UserError(f"{path} is not a checkpoint: expected a .ckpt written by training (a torch zip file), a "
-                    "DeepSpeed folder or a transformers GPT-2 folder")
 
 
 def check_benchmarks(benchmarks_dir: str | None, benchmarks: dict[str, str], key: str) -> None:

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
 from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, store_task, task_runner,
-                          token_dir, wait_with_progress)
+                          stopping_on_signal, token_dir, unless_stopping, wait_with_progress)
 from flows.forms import CorpusForm
 from model.manifest import FILE, SPLITS, Manifest
 from sample.web import serve_sample_web
@@ -35,10 +35,12 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
     c = cfg["corpus"]
     urls = store_task(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
                                          c["seen_urls_dir"]).result()
+    fetch = cached(fetch_task, cfg).with_options(retries=c["fetch"]["task_retries"], retry_condition_fn=unless_stopping,
+                                                 retry_delay_seconds=c["fetch"]["task_retry_delay_s"])
     plan, fetches = [], []
     for i, urls_path in enumerate(urls["shards"]):
         pages = work / "pages" / f"{i:05d}"
-        fetches.append(cached(fetch_task, cfg).submit(urls_path, str(pages), c["fetch"], proxy))
+        fetches.append(fetch.submit(urls_path, str(pages), c["fetch"], proxy))
         plan.append({"id": f"{i:05d}", "warc": str(pages / "pages.warc.gz"), "start": 0, "end": None,
                      "urls": urls_path})
     return plan, fetches, [urls]
@@ -127,7 +129,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     c = cfg["corpus"]
     work = Path(c["out_dir"])
     serve = c["serve_sample_web"] and c["source"] == "fetch"
-    with serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
+    with stopping_on_signal(), serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
         if c["source"] == "fetch":
             plan, fetches, early = fetched_shards(cfg, work, proxy)
         else:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from flows.common import checkpoint_path, command
 from flows.schema import Sampling, describe
 from model.batching import BatchedGenerator, decoding_plan, leave_cores_to_decoders
-from model.lit import load_gpt
+from model.checkpoint import load_gpt
 
 
 class PlaygroundRequest(Sampling):

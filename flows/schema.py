@@ -139,6 +139,8 @@ class Fetch(Strict):
     slow_after_s: Annotated[float, Field(ge=0)]
     min_bytes_per_s: Annotated[float, Field(ge=0)]
     max_network_failure_share: Fraction
+    task_retries: NonNegative
+    task_retry_delay_s: Annotated[float, Field(ge=0)]
     allow_addresses: list[str]
     user_agent: str
     proxy: str | None

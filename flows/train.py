@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, checkpoint_kind, command, flow_config, run_dir, run_form_args, token_dir
+from flows.common import cached, command, flow_config, run_dir, run_form_args, token_dir
 from flows.forms import TrainForm
 from flows.corpus import corpus_flow
 from model.manifest import FILE, Manifest
@@ -49,7 +49,13 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def check_init_from(folder: Path, model: dict[str, Any]) -> None:
     """UserError unless `folder` is a transformers GPT-2 folder of the architecture `model` names."""
-    if not folder.exists() or checkpoint_kind(folder) != "transformers":
+    from model.checkpoint import NotACheckpoint, checkpoint_kind
+
+    try:
+        kind = checkpoint_kind(folder) if folder.exists() else None
+    except NotACheckpoint:
+        kind = None
+    if kind != "transformers":
         raise UserError(f"init_from={folder} is not a transformers GPT-2 folder (config.json + weights)")
     theirs = json.loads((folder / "config.json").read_text())
     wanted = {"n_layer": model["n_layer"], "n_head": model["n_head"], "n_embd": model["n_embd"],

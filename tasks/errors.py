@@ -3,6 +3,7 @@ line prints them as one line and exits 2; a run stopped by a signal, one line an
 signal's number; every other error keeps its traceback."""
 
 import signal
+import threading
 
 
 class UserError(Exception):
@@ -11,6 +12,11 @@ class UserError(Exception):
 
 class MissingInput(UserError, FileNotFoundError):
     """A file or folder that was asked for and is not there."""
+
+
+# Set once SIGTERM or SIGINT has stopped this process's run: no task is retried, and long loops (a
+# fetch) stop starting new work, so that the process exits within a scheduler's grace period.
+STOPPING = threading.Event()
 
 
 class Interrupted(Exception):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flows.common import checkpoint_path, load_config
-from model.lit import load_gpt
+from model.checkpoint import load_gpt
 from tasks.errors import UserError
 from tasks.lm.export import export_hf
 

@@ -89,8 +89,8 @@ def test_benchmarks_asked_for_and_not_there_are_an_error(tmp_path):
 def test_a_checkpoint_written_by_training_passes_and_loads_with_weights_only(tmp_path):
     import torch
 
-    from flows.common import checkpoint_kind
-    from model.lit import GPTLightning, load_gpt
+    from model.checkpoint import checkpoint_kind, load_gpt
+    from model.lit import GPTLightning
 
     cfg = load_config(["logger=none"])
     module = GPTLightning(cfg["model"], cfg["optim"], 10, False, False)

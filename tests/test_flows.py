@@ -22,7 +22,7 @@ from flows.train import train_flow
 from model.data import TokenShards
 from model.evaluate import perplexity
 from model.gpt import GPT, GPTConfig
-from model.lit import load_gpt
+from model.checkpoint import load_gpt
 from tasks.corpus.report import funnel
 from tasks.lm.dashboard import panel_metrics, training_workspace
 

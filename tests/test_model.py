@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from model import GPT, GPTConfig
 from model.evaluate import perplexity
-from model.lit import compiled_decoding, cosine_with_warmup, inference_device, inference_dtype, load_gpt
+from model.checkpoint import compiled_decoding, inference_device, inference_dtype, load_gpt
+from model.lit import cosine_with_warmup
 from model.sample import (Sampler, cache_size, chunk_tops, chunked_argmax, exponential_noise, generate, kth_largest,
                           penalise_repeats, sample_text, sorted_nucleus)
 from model.bpe import EOT

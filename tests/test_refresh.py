@@ -74,7 +74,7 @@ def test_a_month_whose_fetch_failed_is_not_marked_done_and_is_retried(tmp_path):
     lines = zstandard.ZstdDecompressor().decompress(DUMP.read_bytes(), max_output_size=10**8).decode().splitlines()
     write_month(tmp_path / "dumps", "RS_2019-01.zst", lines[:20])
     offline = load_config([f"paths.data={tmp_path}", "logger=none", "corpus.serve_sample_web=false",
-                           "corpus.fetch.retries=0"])  # no sample web: every host fails to resolve, as with DNS down
+                           "corpus.fetch.retries=0", "corpus.fetch.task_retries=0"])  # no sample web: every host fails to resolve, as with DNS down
     with pytest.raises(FetchFailed, match="failed on the network"):
         refresh_flow(offline)
     assert not (tmp_path / "corpus" / "demo" / "refresh.json").exists()  # the month is not marked done

@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 import torch
 
 from flows.common import load_config
-from model.lit import GPTLightning, load_gpt
+from model.checkpoint import load_gpt
+from model.lit import GPTLightning
 from model.train import accumulation, deepspeed_config, fit, make_strategy
 from tests.conftest import write_token_corpus
 

@@ -25,6 +25,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.corpus.document import read_documents
+from tasks.errors import STOPPING, Interrupted
 
 log = logging.getLogger(__name__)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -235,6 +236,8 @@ def fetch_into(store: PageStore, urls: list[str], cfg: dict[str, Any]) -> None:
             async for got in fetch_all(todo, cfg):
                 store.add(got)
                 bar.update()
+                if STOPPING.is_set():  # what is recorded so far is kept; a rerun fetches the rest
+                    raise Interrupted("the fetch was stopped: rerun to resume")
 
     asyncio.run(run())
 

@@ -24,8 +24,7 @@ def urls_task(dumps: list[str], out_dir: str, cfg: dict[str, Any], shard_docs: i
     return on_cluster(write_url_shards, dumps, out_dir, cfg, shard_docs, seen_dir)
 
 
-@task(name="fetch", cache_policy=FilesAndCode(files=("urls_path",), exclude=("proxy",), code=fetch_to_warc),
-      retries=2, retry_delay_seconds=10)
+@task(name="fetch", cache_policy=FilesAndCode(files=("urls_path",), exclude=("proxy",), code=fetch_to_warc))
 def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None = None) -> dict[str, Any]:
     """Fetch every URL in `urls_path` into `out`/pages.warc.gz, resuming an interrupted run.
 

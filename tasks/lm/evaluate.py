@@ -11,7 +11,7 @@ from prefect import task
 from model.benchmarks import Benchmark, available_benchmarks, benchmark_text, score
 from model.data import TokenShards
 from model.evaluate import perplexity
-from model.lit import load_gpt
+from model.checkpoint import load_gpt
 from model.manifest import Manifest
 from tasks.caching import FilesAndCode
 from tasks.corpus.contamination import ngram_filter, overlap

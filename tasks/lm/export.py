@@ -6,10 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from model.bpe import hf_tokenizer
-from model.lit import consolidated, load_gpt
+from model.checkpoint import load_gpt, training_state
 
 
 def export_hf(checkpoint: str, out_dir: str) -> str:
@@ -23,9 +21,7 @@ def export_hf(checkpoint: str, out_dir: str) -> str:
 def training_facts(checkpoint: str) -> dict[str, Any]:
     """Steps, hyperparameters, last metrics and the corpus (`Manifest.identity`) of a training
     checkpoint, as it recorded them (empty for a transformers folder)."""
-    if (Path(checkpoint) / "config.json").exists():
-        return {}
-    saved = torch.load(consolidated(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+    saved = training_state(checkpoint)
     return {"steps": saved.get("global_step"), "hparams": saved.get("hyper_parameters", {}),
             "metrics": saved.get("metrics", {}), "corpus": saved.get("corpus", {})}
 

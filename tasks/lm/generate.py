@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from model.lit import compiled_decoding, load_gpt
+from model.checkpoint import compiled_decoding, load_gpt
 from model.sample import sample_text
 
 
