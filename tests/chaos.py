@@ -46,8 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 BUCKET = "chaos"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 # Short waits, so that the run takes minutes: the same code paths as the defaults in conf/store/.
-STORE = ["store.backoff_s=0.1", "store.max_backoff_s=1", "store.task_retries=1",
-         "store.task_retry_delay_s=0.5", "store.s3.attempts=3", "store.s3.botocore_attempts=1",
+STORE = ["store.backoff_s=0.1", "store.max_backoff_s=1", "store.task_retry_delay_s=0.5", "store.s3.attempts=3", "store.s3.botocore_attempts=1",
          "store.s3.connect_timeout=1", "store.s3.read_timeout=1"]
 FAULTED = ("get_warc", "get_dedup", "put_output", "put_marker")  # the operations faults are injected on
 RETRY_LINE = re.compile(r"; retry \d+ of \d+ in ")
@@ -129,8 +128,8 @@ class Cluster:
 class Chaos:
     """The store, the proxy, the Prefect API and the cluster of one chaos run, and its corpus commands."""
 
-    def __init__(self, work: Path, seed: int, rate: float, stall_s: float):
-        self.work, self.rate = work, rate
+    def __init__(self, work: Path, seed: int, stall_s: float, store: list[str]):
+        self.work, self.store = work, store
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
         self.moto.start()
@@ -162,7 +161,7 @@ class Chaos:
             urls.append(url)
         return urls
 
-    def corpus(self, name: str, out_dir: str, warcs: list[str], shard_bytes: int, rate: float, retries: int,
+    def corpus(self, name: str, out_dir: str, warcs: list[str], shard_bytes: int, rate: float,
                during: Callable[[subprocess.Popen], None] | None = None) -> Run:
         """Run the corpus command until it exits, calling `during(process)` every 0.1 s meanwhile."""
         self.proxy.rate = rate
@@ -170,7 +169,7 @@ class Chaos:
         cmd = [sys.executable, "-m", "flows.corpus", "corpus.source=warc", f"corpus.warc_files=[{','.join(warcs)}]",
                f"corpus.out_dir={out_dir}", f"corpus.shard_bytes={shard_bytes}", "runner=dask",
                f"runner.address={self.cluster.address}", f"paths.data={self.work / name.split('-')[0]}",
-               "logger=none", f"store.retries={retries}", *STORE]
+               "logger=none", *self.store]
         log_path = self.work / f"{name}.log"
         start = time.perf_counter()
         with open(log_path, "w") as log:
@@ -236,7 +235,7 @@ def compare(fs: Any, clean: str, chaos: str, work: Path) -> dict[str, Any]:
 
 
 def chaos_run(work: Path, seed: int = 1, rate: float = 0.2, pages: int = 1200, files: int = 6, shards_per_file: int = 2,
-              stall_s: float = 1.5, retries: int = 4) -> dict[str, Any]:
+              stall_s: float = 1.5, retries: int = 4, task_retries: int = 1) -> dict[str, Any]:
     """The clean run and the three chaos runs; returns every figure the report prints."""
     from bench.scale import write_warcs
     from flows.api import temporary_api, wait_for_api
@@ -250,16 +249,16 @@ def chaos_run(work: Path, seed: int = 1, rate: float = 0.2, pages: int = 1200, f
     shard_bytes = max(Path(p).stat().st_size for p in local) // shards_per_file + 1
     with temporary_api():
         wait_for_api()
-        chaos = Chaos(work, seed, rate, stall_s)
+        chaos = Chaos(work, seed, stall_s, [*STORE, f"store.retries={retries}", f"store.task_retries={task_retries}"])
         try:
             warcs = chaos.upload(local)
-            runs, result = [chaos.corpus("clean", f"s3://{BUCKET}/clean", warcs, shard_bytes, 0.0, retries)], {}
+            runs, result = [chaos.corpus("clean", f"s3://{BUCKET}/clean", warcs, shard_bytes, 0.0)], {}
             target = warcs[-2]  # a WARC whose shards start late, so that the kill lands first
             target_key = target.split(f"s3://{BUCKET}", 1)[1]
             killed: list[list[str] | None] = []
 
             def kill_a_worker(proc: subprocess.Popen) -> None:
-                if not killed and chaos.proxy.requests["get_warc"] >= 3:
+                if not killed and chaos.proxy.requests["get_warc"] >= 1:
                     keys = chaos.cluster.kill_busy_worker()
                     if keys:
                         killed.append(keys)
@@ -267,7 +266,7 @@ def chaos_run(work: Path, seed: int = 1, rate: float = 0.2, pages: int = 1200, f
 
             out = f"s3://{BUCKET}/chaos"
             chaos.proxy.outage(target_key, at_first_get=True)  # once the first of its shards starts reading it
-            runs.append(chaos.corpus("chaos-1-outage", out, warcs, shard_bytes, rate, retries, kill_a_worker))
+            runs.append(chaos.corpus("chaos-1-outage", out, warcs, shard_bytes, rate, kill_a_worker))
             chaos.proxy.outage(None)
             hit = [s["id"] for s in plan_warc_shards(warcs, shard_bytes) if s["warc"] == target]
             result["outage"] = {"object": target, "exit": runs[-1].code, "named": target in runs[-1].last_line,
@@ -278,8 +277,8 @@ def chaos_run(work: Path, seed: int = 1, rate: float = 0.2, pages: int = 1200, f
                 if chaos.proxy.requests["get_dedup"] > 0 and proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
 
-            runs.append(chaos.corpus("chaos-2-killed", out, warcs, shard_bytes, rate, retries, kill_in_dedup))
-            runs.append(chaos.corpus("chaos-3", out, warcs, shard_bytes, rate, retries))
+            runs.append(chaos.corpus("chaos-2-killed", out, warcs, shard_bytes, rate, kill_in_dedup))
+            runs.append(chaos.corpus("chaos-3", out, warcs, shard_bytes, rate))
             result["compare"] = compare(chaos.fs, f"{BUCKET}/clean", f"{BUCKET}/chaos", work)
         finally:
             chaos.close()
@@ -354,7 +353,8 @@ def report(result: dict[str, Any], seed: int, rate: float) -> bool:
 
 def parse(args: list[str]) -> dict[str, Any]:
     """`key=value` arguments, typed like chaos_run's defaults."""
-    defaults = {"seed": 1, "rate": 0.2, "pages": 1200, "files": 6, "shards_per_file": 2, "stall_s": 1.5, "retries": 4}
+    defaults = {"seed": 1, "rate": 0.2, "pages": 1200, "files": 6, "shards_per_file": 2, "stall_s": 1.5, "retries": 4,
+                "task_retries": 1}
     options = {}
     for arg in args:
         key, _, value = arg.partition("=")
