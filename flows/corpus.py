@@ -73,7 +73,7 @@ def band_groups(bands: int, workers: int) -> list[list[int]]:
     return [group.tolist() for group in np.array_split(np.arange(bands), tasks)]
 
 
-def near_duplicates(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
+def dedup_phases(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
     """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
     d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
@@ -137,7 +137,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
         processed = run_shards(cfg, plan, fetches)
         early += [f.result() for f in fetches]
     sources = earlier_sources(c["dedup"]["against"]) + [Source(**p["source"]) for p in processed]
-    finished = tokenize_shards(cfg, plan, sources, near_duplicates(cfg, sources, len(plan)))
+    finished = tokenize_shards(cfg, plan, sources, dedup_phases(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)
     changed = write_manifest(cfg, finished, stats)
     return {"data_dir": token_dir(cfg), "stats": stats, "changed": changed}

@@ -45,8 +45,9 @@ from tests.faultproxy import GET_KINDS, PUT_KINDS, FaultProxy
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "chaos"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-# Short waits, so that the run takes minutes: the same code paths as the defaults in conf/store/.
-STORE = ["store.backoff_s=0.1", "store.max_backoff_s=1", "store.task_retry_delay_s=0.5", "store.s3.attempts=3", "store.s3.botocore_attempts=1",
+# Short waits, so that the run takes minutes: the same code paths as the defaults in conf/store/;
+# 1 MiB reads, so that a shard's range takes several GETs and faults land inside shards.
+STORE = ["store.read_ahead=1048576", "store.backoff_s=0.1", "store.max_backoff_s=1", "store.task_retry_delay_s=0.5", "store.s3.attempts=3", "store.s3.botocore_attempts=1",
          "store.s3.connect_timeout=1", "store.s3.read_timeout=1"]
 FAULTED = ("get_warc", "get_dedup", "put_output", "put_marker")  # the operations faults are injected on
 RETRY_LINE = re.compile(r"; retry \d+ of \d+ in ")
