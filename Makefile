@@ -91,7 +91,7 @@ bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/
 bench-generate: $(STAMP)  ## decoding tokens/s beside transformers' generate (same weights, batch 1, 256 tokens)
 	$(PY) -m bench.generate $(ARGS)
 
-bench-playground: $(STAMP)  ## the playground's batch: 8 staggered requests together vs one after another, best of 5 each (ARGS="checkpoint=… model=gpt2 stagger_ms=50 repeats=5 decoders=auto")
+bench-playground: $(STAMP)  ## the playground's batch: 8 staggered requests together vs one after another, best of 5 each (ARGS="checkpoint=… model=gpt2 stagger_tokens=10 repeats=5 decoders=auto"; stagger_ms=N for a gap in ms)
 	$(PY) -m bench.playground $(ARGS)
 
 sample: $(STAMP)  ## regenerate the bundled sample web and dump under sample/

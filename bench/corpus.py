@@ -1,8 +1,8 @@
 """`make bench-corpus`: each corpus stage's throughput beside its anchor, measured in this same run.
 
 Anchors: newspaper3k for extraction (the original OpenWebText's extractor), the plain datasketch
-loop (MinHash.update_batch + MinHashLSH) for near-dedup, and tiktoken's encode_ordinary_batch for
-BPE. Uses the 60 real pages in ../shared when present, else the bundled sample web.
+loop (MinHash.update_batch + MinHashLSH) for near-dedup, and tiktoken's `encode_ordinary` per document
+on one thread (a corpus worker has one core) for BPE. Uses the 60 real pages in ../shared when present, else the bundled sample web.
 """
 from __future__ import annotations
 

@@ -156,12 +156,13 @@ def run_measured(cmd: list[str], log: Path) -> dict:
             "temporary_servers": len(re.findall(r"Starting temporary server|Prefect API: a temporary server", log.read_text()))}
 
 
-def ours(warcs: list[str], work: Path, runner: list[str], shard_bytes: int) -> dict:
+def ours(warcs: list[str], work: Path, runner: list[str], shard_bytes: int, chunk_docs: int) -> dict:
     """The corpus flow on the WARC files; its dedup files' size per document from the run's folder."""
     data = work / "_".join(runner).replace("=", "-").replace(".", "-")
     shutil.rmtree(data, ignore_errors=True)  # a repeat starts afresh: no done markers, no cached tasks
     cmd = [sys.executable, "-m", "flows.corpus", f"paths.data={data}", "logger=none", "corpus.source=warc",
-           f"corpus.warc_files=[{','.join(warcs)}]", f"corpus.shard_bytes={shard_bytes}", *runner]
+           f"corpus.warc_files=[{','.join(warcs)}]", f"corpus.shard_bytes={shard_bytes}",
+           f"corpus.dedup.chunk_docs={chunk_docs}", *runner]
     result = run_measured(cmd, data.with_suffix(".log"))
     corpus = data / "corpus" / "demo"
     stats = Manifest.read(str(corpus / "tokens")).stats
@@ -256,7 +257,7 @@ def main(n: int = 6000, files: int = 8, shards_per_file: int = 1, chunk_docs: in
           f"{repeats} round(s) of every run, the fastest of each kept")
     configs = {"local": ["runner=local"], "dask 1 worker": ["runner=dask", "runner.n_workers=1"],
                "dask 2 workers": ["runner=dask", "runner.n_workers=2"]}
-    rounds = [({name: ours(warcs, work, runner, shard_bytes) for name, runner in configs.items()},
+    rounds = [({name: ours(warcs, work, runner, shard_bytes, chunk_docs) for name, runner in configs.items()},
                datatrove(warcs, work, 2)) for _ in range(repeats)]
     runs = {name: best([r[name] for r, _ in rounds]) for name in configs}
     anchor = best([a for _, a in rounds]) if rounds[0][1] else None
