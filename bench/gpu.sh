@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The GPU benchmarks, anchors beside ours, one JSON line per result, kept in
-# bench/results/<date>-<gpu>.jsonl (and copied to $OUT when the device tool sets it):
+# bench/results/<date>-<gpu>.jsonl (and copied to the folder $OUT names, when set):
 #   bash bench/gpu.sh [core] [xl] [generate]     (default: core)
 # core:     ../shared/bench's anchors (plain compiled PyTorch; naive Lightning + DeepSpeed ZeRO-2), then
 #           ours with trainer=gpu and trainer=deepspeed_zero2, gpt2, B16 x T1024, bf16: caps add up to 8 min.
 # xl:       gpt2-xl MFU (ZeRO-2, activation checkpointing), and gpt2-xl in a 24 GiB cap with ZeRO-3 offload.
 # generate: bench.generate beside transformers' generate, compiled (CUDA graphs) and eager.
 # A run whose name is already in a results file for this GPU is skipped: a second call finishes the rest.
-# Prepare on the dev machine (the GPU machine sees only the checkout):
+# Prepare on a machine with ../shared when the GPU machine sees only the checkout:
 #   mkdir -p .whl .anchor && cp ../shared/wheels/gpu-py312/*.whl .whl/ && cp ../shared/bench/*.py .anchor/
-# then run it there with carry=[".whl", ".anchor"]. Each command is capped, so one hang cannot eat the budget.
+# then copy the checkout with .whl and .anchor there and run it. Each command is capped, so one hang cannot eat the time.
 # DRY_RUN=1 runs every step on the CPU with tiny sizes, to check the script itself (RESULTS_DIR: where to keep them).
 set -uo pipefail
 parts=${*:-core}
@@ -56,17 +56,17 @@ else
       core)
         run anchor-plain-compiled 200 python3 .anchor/gpu_anchor.py                  # own_compiled_124M: the anchor
         run anchor-naive-lightning-ds 100 python3 .anchor/lightning_ds.py           # naive Lightning + DeepSpeed ZeRO-2
-        run ours-gpu 90 python3 -m bench.train model=gpt2 trainer=gpu              # goal: >= 1.1x own_compiled_124M
-        run ours-zero2 90 python3 -m bench.train model=gpt2 trainer=deepspeed_zero2  # goal: >= 0.9x of it
+        run ours-gpu 90 python3 -m bench.train model=gpt2 trainer=gpu              # beside own_compiled_124M
+        run ours-zero2 90 python3 -m bench.train model=gpt2 trainer=deepspeed_zero2  # beside both
         ;;
       xl)
         run ours-xl-zero2-ckpt 240 python3 -m bench.train model=gpt2-xl trainer=deepspeed_zero2 \
-          trainer.batch_size=8 trainer.activation_checkpointing=true               # goal: MFU >= 0.45
+          trainer.batch_size=8 trainer.activation_checkpointing=true               # its MFU
         run ours-xl-zero3-offload-24GiB 300 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m bench.train \
           memory_cap_gib=24 model=gpt2-xl trainer=deepspeed_zero3_offload trainer.batch_size=4 trainer.max_steps=12
         ;;
       generate)
-        run ours-generate-compiled 240 python3 -m bench.generate model=gpt2 new_tokens=256  # goal: >= 10x HF (bf16)
+        run ours-generate-compiled 240 python3 -m bench.generate model=gpt2 new_tokens=256  # beside HF generate (bf16)
         run ours-generate-eager 120 python3 -m bench.generate model=gpt2 new_tokens=256 compile=false
         ;;
       *) echo "unknown part $part: use core, xl or generate"; exit 2 ;;

@@ -2,8 +2,7 @@
 server of the command's own, started before anything else so that it boots while the config loads.
 
 Prefect would start a temporary server by itself, but only once the flow calls the API, and only
-after importing the whole server into the flow's process (~2 s and ~100 MiB in every run, measured
-2026-11-29). This one is the same app (`prefect.server.api.server:create_app` under uvicorn, in
+after importing the whole server into the flow's process (seconds and ~100 MiB in every run). This one is the same app (`prefect.server.api.server:create_app` under uvicorn, in
 Prefect's temporary-server mode: no UI, only the services one run needs) in a subprocess from the start.
 It ends with the command, whatever ended it (`kill -9` included): it reads a pipe from the command
 until the pipe closes, and on Linux the kernel also signals it when its parent dies.

@@ -41,8 +41,8 @@ def write_documents(path: Path, docs: Iterable[Document]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
-    # zstd's default level: level 10's tables held ~35 MiB more in every process writing a shard, for
-    # files 15% smaller (measured 2026-11-29)
+    # zstd's default level: level 10's tables hold tens of MiB more in every process writing a shard,
+    # for files only somewhat smaller
     with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as zst:
         for doc in docs:
             record = dataclasses.asdict(doc)
