@@ -2,8 +2,9 @@
 
 Toxiproxy works on TCP and cannot answer 503 or 500, so this proxy reads each request, sorts it
 into an operation (a GET of a WARC or of a dedup file, a PUT of a shard output or of a done marker,
-anything else) and, with probability `rate` from a seeded generator, answers it with a fault
-instead of the store's answer:
+anything else) and answers about `rate` of each faulted operation's requests with a fault instead of
+the store's answer, at gaps drawn from a seeded generator (uniform, averaging 1 / `rate` requests, so
+that every operation, even a rare one, meets its share):
 
 - `reset`: the connection is cut mid-body (mid-request for a PUT), with a TCP reset;
 - `slowdown`: 503 with S3's `SlowDown` error;
@@ -57,6 +58,7 @@ class FaultProxy:
         self.faults: Counter = Counter()       # (kind, operation) -> faults injected
         self.requests: Counter = Counter()     # operation -> requests seen
         self.turns: Counter = Counter()        # operation -> faults injected since the proxy started
+        self.countdown: Counter = Counter()    # operation -> requests until its next fault
         self.warc_bytes = 0                    # WARC bytes sent in answers that were not faulted
         self.outage_key: str | None = None
         self.outage_started = False
@@ -113,7 +115,10 @@ class FaultProxy:
         kinds = GET_KINDS if op.startswith("get") else PUT_KINDS
         with self.lock:
             self.requests[op] += 1
-            if op == "other" or self.rng.random() >= self.rate:
+            if op == "other" or self.rate <= 0:
+                return None
+            self.countdown[op] = (self.countdown[op] or self.rng.randint(1, max(1, round(2 / self.rate) - 1))) - 1
+            if self.countdown[op]:
                 return None
             kind = kinds[self.turns[op] % len(kinds)]  # round the kinds, in order, across runs
             self.turns[op] += 1
