@@ -11,7 +11,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 from bench.neardup import benchmark_stream, datasketch_loop, exact_duplicates, precision_recall
 from flows.common import REPO, load_config
