@@ -13,7 +13,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tasks import storage
@@ -25,8 +24,7 @@ T = TypeVar("T")
 LOG_TOPIC = "opengpt2-log"
 FORWARDED = logging.getLogger("tasks")  # every module under tasks/ logs below it
 
-# The cluster the flow attached: a context variable, which Prefect copies into each task's thread.
-_client: ContextVar[Client | None] = ContextVar("opengpt2_dask_client", default=None)
+_client: Client | None = None
 _loggers: dict[str, logging.Logger | logging.LoggerAdapter] = {}  # call key -> the submitting task's logger
 
 
@@ -45,13 +43,14 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 def attached(client: Client, store: dict[str, Any]) -> Iterator[int]:
     """Send every `on_cluster` call to `client`'s workers while open, each worker (and any that joins
     later) reading and writing files with the `store` settings; yields how many calls run at once."""
+    global _client
     client.register_plugin(store_plugin(store))
     client.subscribe_topic(LOG_TOPIC, log_forwarded)
-    token = _client.set(client)
+    _client = client
     try:
         yield cluster_threads()
     finally:
-        _client.reset(token)
+        _client = None
         client.unsubscribe_topic(LOG_TOPIC)
 
 
@@ -71,62 +70,47 @@ def store_plugin(settings: dict[str, Any]) -> Any:
 
 def cluster_threads() -> int | None:
     """How many calls the attached cluster runs at once (None: no cluster attached)."""
-    client = _client.get()
-    return sum(client.nthreads().values()) if client else None
+    return sum(_client.nthreads().values()) if _client else None
 
 
 def on_cluster(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` on a worker of the attached cluster, else in this thread; either way what it logs
     under `tasks` at INFO and above is logged by this thread's run logger. Dask reruns a call whose
     worker died on another worker."""
-    logger, client = run_logger(), _client.get()
-    if client is None:
+    logger = run_logger()
+    if _client is None:
         outside_a_run = logger is FORWARDED  # the records stay where they are
         with nullcontext() if outside_a_run else forwarding(lambda r: logger.log(r.levelno, r.getMessage())):
             return fn(*args)
     key = f"{fn.__name__}-{uuid.uuid4().hex}"  # how the call shows in Dask's dashboard
     _loggers[key] = logger
     try:
-        return client.submit(forwarding_to_client, key, fn, *args, key=key).result()
+        return _client.submit(forwarding_to_client, key, fn, *args, key=key).result()
     finally:
         _loggers.pop(key, None)
-
-
-class Dispatch(logging.Handler):
-    """The one handler of the `tasks` logger, which does not propagate: a record goes to the sink its
-    thread has set with `forwarding`, else on to the root logger's handlers, as if it had propagated.
-    Nothing about the logger changes per call, so calls on many threads at once stay apart."""
-
-    sinks: dict[int, Callable[[logging.LogRecord], None]] = {}  # thread id -> where its records go
-
-    def emit(self, record: logging.LogRecord) -> None:
-        sink, root = self.sinks.get(record.thread), logging.getLogger()
-        if sink is not None:
-            sink(record)
-        elif record.levelno >= root.getEffectiveLevel():  # the level `tasks` had before `forwarding` raised it
-            root.handle(record)
-
-
-def dispatching() -> None:
-    """Route the `tasks` logger through one `Dispatch` handler (once per process)."""
-    if not any(isinstance(h, Dispatch) for h in FORWARDED.handlers):
-        FORWARDED.addHandler(Dispatch())
-        FORWARDED.propagate = False
 
 
 @contextmanager
 def forwarding(send: Callable[[logging.LogRecord], None]) -> Iterator[None]:
     """Hand `send` every record this thread logs under `tasks` at INFO and above while open, instead
     of to the handlers above (the copy sent on is the one shown)."""
-    dispatching()
-    thread, level = threading.get_ident(), FORWARDED.level
-    if level == logging.NOTSET or level > logging.INFO:
-        FORWARDED.setLevel(logging.INFO)  # INFO and above reach `send` (raised once, never set back)
-    Dispatch.sinks[thread] = send
+    thread = threading.get_ident()
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread:  # not another call's, on a worker with several threads
+                send(record)
+
+    handler, level, propagate = Forward(logging.INFO), FORWARDED.level, FORWARDED.propagate
+    FORWARDED.addHandler(handler)
+    FORWARDED.setLevel(min(level or logging.INFO, logging.INFO))
+    FORWARDED.propagate = False
     try:
         yield
     finally:
-        del Dispatch.sinks[thread]
+        FORWARDED.removeHandler(handler)
+        FORWARDED.setLevel(level)
+        FORWARDED.propagate = propagate
 
 
 def forwarding_to_client(key: str, fn: Callable[..., T], *args: Any) -> T:

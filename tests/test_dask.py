@@ -3,7 +3,6 @@ import importlib.util
 import logging
 import os
 import sys
-import threading
 
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
@@ -66,27 +65,3 @@ def test_work_whose_worker_dies_is_run_again_on_another(cluster, tmp_path):
         pid = on_cluster(dies_the_first_time, str(tmp_path / "died-once"))
         alive = set(cluster[1].run(os.getpid).values())
     assert (tmp_path / "died-once").exists() and pid in alive  # it died once, then ran on a live worker
-
-
-def test_forwarding_on_several_threads_keeps_each_threads_records_apart(caplog):
-    from tasks.cluster import forwarding
-
-    log, barrier, got = logging.getLogger("tasks.probe"), threading.Barrier(3), {0: [], 1: []}
-
-    def work(i: int) -> None:
-        with forwarding(lambda record: got[i].append(record.getMessage())):
-            barrier.wait()  # all three threads log while both sinks are open
-            log.info("from %d", i)
-            barrier.wait()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    with caplog.at_level(logging.INFO):
-        for t in threads:
-            t.start()
-        barrier.wait()
-        log.warning("from the caller")
-        barrier.wait()
-        for t in threads:
-            t.join()
-    assert got == {0: ["from 0"], 1: ["from 1"]}
-    assert [r.getMessage() for r in caplog.records if r.name == "tasks.probe"] == ["from the caller"]
