@@ -183,22 +183,25 @@ class Broken(Step):
         raise KeyError("a bug")
 
 
-def test_a_step_that_raises_on_every_document_of_a_small_shard_fails_it_and_one_bad_page_does_not(tmp_path):
+def run_broken_shard(tmp_path, pages: int) -> None:
+    """Run a shard of `pages` pages through extraction and the `Broken` step."""
     cfg = load_config(["logger=none"])["corpus"]
-    write_warc(tmp_path / "a.warc.gz", 5)
+    write_warc(tmp_path / "a.warc.gz", pages)
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
     pipeline = {"extract": cfg["pipeline"]["extract"], "broken": {"_target_": "tests.test_shards.Broken"}}
+    shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
+
+
+def test_a_step_that_raises_on_every_document_of_a_small_shard_fails_it_and_one_bad_page_does_not(tmp_path):
     with pytest.raises(StepFailed, match=r"step broken raised on 5 of 5 documents"):
-        shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
+        run_broken_shard(tmp_path, 5)
+    cfg = load_config(["logger=none"])["corpus"]
     stats = Counter({"broken/in": 5, "broken/error_KeyError": 1, "broken/kept": 4})
-    check_errors(stats, build_steps({"broken": pipeline["broken"]}), cfg["max_error_share"], "shard 00000")  # a bad page: counted
+    check_errors(stats, build_steps({"broken": {"_target_": "tests.test_shards.Broken"}}), cfg["max_error_share"],
+                 "shard 00000")  # a bad page: counted
 
 
 def test_a_step_that_raises_on_most_documents_fails_the_shard_and_leaves_no_marker(tmp_path):
-    cfg = load_config(["logger=none"])["corpus"]
-    write_warc(tmp_path / "a.warc.gz", 30)
-    shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
-    pipeline = {"extract": cfg["pipeline"]["extract"], "broken": {"_target_": "tests.test_shards.Broken"}}
     with pytest.raises(StepFailed, match=r"step broken raised on 30 of 30 documents \(error_KeyError 30\)"):
-        shard_task.fn(shard, str(tmp_path / "out"), pipeline, cfg["dedup"], cfg["max_error_share"])
+        run_broken_shard(tmp_path, 30)
     assert not (tmp_path / "out" / "done.json").exists()  # not done: a rerun does it again
