@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from flows.api import temporary_api, wait_for_api
+from flows.forms import form_overrides
 from flows.schema import check
 from tasks import storage
 from tasks.errors import STOPPING, Interrupted, MissingInput, UserError
@@ -37,25 +41,29 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
     return check(OmegaConf.to_container(cfg, resolve=True))
 
 
-def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any]], Any] | None = None
-            ) -> Callable[[], None]:
+def command(run: Callable[..., Any], check: Callable[[dict[str, Any]], Any] | None = None) -> Callable[[], None]:
     """The command line of a flow: `python -m flows.X key=value …` composes the config from conf/ and
-    the overrides, checks it against the schema and then with `check` (its inputs), and hands it to
-    `run`. A user's mistake (a malformed or unknown override, a value not allowed, a missing input:
+    the overrides, checks it against the schema and then with `check` (its inputs), and calls `run`:
+    a Prefect flow with `overrides=` (its run then lists them in the Prefect UI), else with the config. A user's mistake (a malformed or unknown override, a value not allowed, a missing input:
     any UserError) is one line on stderr and exit code 2, before the flow starts; a run stopped by
     SIGTERM or SIGINT, one line and exit code 128 + the signal's number; a store that kept failing
     after every retry, one line naming the file and exit code 1. Hydra's own flags
     (`--cfg job`, `--help`, `-m`) go through Hydra's command line. The flow reports to PREFECT_API_URL,
     or to a temporary server started first (`flows.api`)."""
-    def checked_run(cfg: dict[str, Any]) -> None:
+    def checked_run(cfg: dict[str, Any], overrides: list[str]) -> None:
         if check:
             check(cfg)
-        wait_for_api()
-        run(cfg)
+        from prefect import Flow
+
+        if isinstance(run, Flow):
+            wait_for_api()
+            run(overrides=overrides)
+        else:
+            run(cfg)
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def hydra_main(cfg: DictConfig) -> None:
-        checked_run(to_dict(cfg))
+        checked_run(to_dict(cfg), list(HydraConfig.get().overrides.task))
 
     def main() -> None:
         overrides = sys.argv[1:]
@@ -64,11 +72,13 @@ def command(run: Callable[[dict[str, Any]], Any], check: Callable[[dict[str, Any
                 if any(arg.startswith("-") for arg in overrides):
                     hydra_main()
                 else:
-                    checked_run(load_config(overrides))
+                    checked_run(load_config(overrides), overrides)
         except (UserError, HydraException, OmegaConfBaseException) as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(2) from None
         except Interrupted as err:
+            # API connections the signal cut short would warn at exit, after the line that says why
+            warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
             print(f"error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(128 + err.signum) from None
         except storage.StoreError as err:
@@ -119,26 +129,31 @@ def one_line(err: Exception) -> str:
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
-RUN_FORM_ARGS = """
-
-    Args:
-        cfg: a whole composed config, for Python callers; the other two are ignored then.
-        overrides: advanced: any other setting as Hydra overrides, e.g. ["optim.lr=3e-4"].
-        settings: the settings most often changed; an empty field keeps conf/'s value.
-    """
+GIVEN: ContextVar[dict[str, Any] | None] = ContextVar("GIVEN", default=None)
 
 
-def run_form_args(fn: Callable) -> Callable:
-    """Describe a flow's three config parameters in its docstring, where Prefect reads the
-    descriptions its deployment form shows."""
-    fn.__doc__ = fn.__doc__.rstrip() + RUN_FORM_ARGS
-    return fn
+@contextmanager
+def given(cfg: dict[str, Any]) -> Iterator[None]:
+    """Flows called inside run the composed config `cfg` rather than composing their own: how a flow
+    hands its config to its subflows, and how Python callers (tests, notebooks) pass one."""
+    token = GIVEN.set(cfg)
+    try:
+        yield
+    finally:
+        GIVEN.reset(token)
 
 
-def flow_config(cfg: dict[str, Any] | None, overrides: list[str] | None, settings: Any = None) -> dict[str, Any]:
-    """A flow's config: `cfg` when a Python caller passes one, else conf/ with the run form's
-    `settings` (a `flows.forms` form) and then the advanced `overrides` applied."""
-    return cfg or load_config((settings.to_overrides() if settings else []) + list(overrides or []))
+def flow_config(flow_fn: Callable, params: dict[str, Any]) -> dict[str, Any]:
+    """A flow's config: the one `given` holds, else conf/ with the run form's fields (`params`, the
+    flow's arguments) and then its advanced `overrides` applied."""
+    fields = form_overrides(flow_fn, params)
+    cfg = GIVEN.get()
+    if cfg is None:
+        return load_config(fields + list(params["overrides"]))
+    if fields or params["overrides"]:
+        raise TypeError(f"{flow_fn.__name__}: a flow run inside given(cfg) takes every setting from cfg, "
+                        f"not {fields + list(params['overrides'])}")
+    return cfg
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:

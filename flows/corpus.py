@@ -12,9 +12,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
-from flows.common import (cached, check_benchmarks, command, flow_config, run_form_args, store_task, task_runner,
+from flows import forms
+from flows.common import (cached, check_benchmarks, command, flow_config, store_task, task_runner,
                           stopping_on_signal, token_dir, unless_stopping, wait_with_progress)
-from flows.forms import CorpusForm
 from model.manifest import FILE, SPLITS, Manifest
 from sample.web import serve_sample_web
 from tasks import storage
@@ -168,14 +168,14 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+@forms.run_form
 @flow(name="corpus", log_prints=True)
-@run_form_args
-def corpus_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                settings: CorpusForm | None = None) -> dict[str, Any]:
-    """Build the token corpus described by `cfg.corpus`; returns its folder and funnel counts.
-
-    The shards run on the task runner that `cfg.runner` picks (local threads or Dask workers)."""
-    cfg = check_inputs(flow_config(cfg, overrides, settings))
+def corpus_flow(corpus: forms.Corpus = forms.pick("corpus"), source: forms.Source = None, dumps: forms.Dumps = None,
+                warc_files: forms.WarcFiles = None, runner: forms.Runner = forms.pick("runner"),
+                n_workers: forms.Workers = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Build the token corpus of `corpus`; returns its folder and funnel counts. The shards run on the
+    task runner that `runner` picks (local threads or Dask workers)."""
+    cfg = check_inputs(flow_config(corpus_flow.fn, locals()))
     with task_runner(cfg) as runner:
         result = build_corpus.with_options(task_runner=runner)(cfg)
     pipeline, out_dir = cfg["corpus"]["pipeline"], cfg["corpus"]["out_dir"]

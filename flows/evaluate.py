@@ -6,8 +6,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, check_benchmarks, checkpoint_path, command, flow_config, run_form_args, token_dir
-from flows.forms import EvaluateForm
+from flows import forms
+from flows.common import cached, check_benchmarks, checkpoint_path, command, flow_config, token_dir
 from model.benchmarks import results_table
 from tasks.lm.evaluate import evaluate_task
 
@@ -19,12 +19,13 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+@forms.run_form
 @flow(name="evaluate", log_prints=True)
-@run_form_args
-def evaluate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                  settings: EvaluateForm | None = None) -> dict[str, Any]:
-    """`cfg.checkpoint` (default: the last of `run_name`) on the val split and the paper's benchmarks."""
-    cfg = check_inputs(flow_config(cfg, overrides, settings))
+def evaluate_flow(model: forms.Model = forms.pick("model"), checkpoint: forms.Checkpoint = None,
+                  corpus: forms.Corpus = forms.pick("corpus"), benchmarks_dir: forms.BenchmarksDir = None,
+                  overrides: list[str] = ()) -> dict[str, Any]:
+    """`checkpoint` (default: the last of the run) on the corpus's val split and the paper's benchmarks."""
+    cfg = check_inputs(flow_config(evaluate_flow.fn, locals()))
     state = cached(evaluate_task, cfg)(checkpoint_path(cfg), str(token_dir(cfg)), cfg["eval"], return_state=True)
     result = state.result()
     table = evaluation_markdown(result, cfg["model"]["name"])

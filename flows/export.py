@@ -6,17 +6,17 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import checkpoint_path, command, flow_config, run_form_args
-from flows.forms import ExportForm
+from flows import forms
+from flows.common import checkpoint_path, command, flow_config
 from tasks.lm.export import export_hf
 
 
+@forms.run_form
 @flow(name="export", log_prints=True)
-@run_form_args
-def export_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                settings: ExportForm | None = None) -> str:
-    """Write `checkpoint` (default: the last of `run_name`) to `export_dir`; returns the folder."""
-    cfg = flow_config(cfg, overrides, settings)
+def export_flow(model: forms.Model = forms.pick("model"), checkpoint: forms.Checkpoint = None,
+                export_dir: forms.ExportDir = None, overrides: list[str] = ()) -> str:
+    """Write `checkpoint` (default: the last of the run) to `export_dir`; returns the folder."""
+    cfg = flow_config(export_flow.fn, locals())
     out = export_hf(checkpoint_path(cfg), cfg["export_dir"])
     print(f"wrote {out}")
     return out

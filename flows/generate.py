@@ -5,17 +5,22 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import checkpoint_path, command, flow_config, run_form_args
-from flows.forms import GenerateForm
+from flows import forms
+from flows.common import checkpoint_path, command, flow_config
 from tasks.lm.generate import generate_task
 
 
+@forms.run_form
 @flow(name="generate")
-@run_form_args
-def generate_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                  settings: GenerateForm | None = None) -> list[str]:
-    """Continuations of `cfg.prompt` from `cfg.checkpoint` (default: the last of `run_name`), streamed."""
-    cfg = flow_config(cfg, overrides, settings)
+def generate_flow(prompt: forms.Prompt = forms.preset("prompt"), model: forms.Model = forms.pick("model"),
+                  checkpoint: forms.Checkpoint = None,
+                  max_new_tokens: forms.MaxNewTokens = forms.preset("max_new_tokens"),
+                  temperature: forms.Temperature = forms.preset("temperature"),
+                  top_k: forms.TopK = forms.preset("top_k"), top_p: forms.TopP = forms.preset("top_p"),
+                  num_samples: forms.NumSamples = forms.preset("num_samples"),
+                  overrides: list[str] = ()) -> list[str]:
+    """Continuations of `prompt` from `checkpoint` (default: the last of the run), streamed."""
+    cfg = flow_config(generate_flow.fn, locals())
     return generate_task(checkpoint_path(cfg), cfg)
 
 

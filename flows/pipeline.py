@@ -5,8 +5,8 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import check_benchmarks, command, flow_config, run_form_args
-from flows.forms import PipelineForm
+from flows import forms
+from flows.common import check_benchmarks, command, flow_config, given
 from flows.corpus import check_inputs, corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -24,16 +24,20 @@ def summary(corpus: dict[str, Any], pipeline: list[dict[str, Any]], metrics: dic
     return "\n".join(lines)
 
 
-@flow(name="pipeline", log_prints=True)
-@run_form_args
-def pipeline_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                  settings: PipelineForm | None = None) -> dict[str, Any]:
+@forms.run_form
+@flow(name="pipeline")  # the summary goes to the console, not only to the run log
+def pipeline_flow(corpus: forms.Corpus = forms.pick("corpus"), model: forms.Model = forms.pick("model"),
+                  trainer: forms.Trainer = forms.pick("trainer"), max_steps: forms.MaxSteps = None,
+                  overrides: list[str] = ()) -> dict[str, Any]:
     """Build the corpus, train on it, evaluate the checkpoint and sample from it."""
-    cfg = flow_config(cfg, overrides, settings)
-    corpus = corpus_flow(cfg)
-    trained = train_flow(cfg)
-    metrics = evaluate_flow(cfg)
-    return {"corpus": corpus, "train": trained, "eval": metrics, "samples": generate_flow(cfg)}
+    cfg = flow_config(pipeline_flow.fn, locals())
+    with given(cfg):
+        built = corpus_flow()
+        trained = train_flow()
+        metrics = evaluate_flow()
+        samples = generate_flow()
+        print(summary(built, cfg["corpus"]["pipeline"], metrics, samples))
+    return {"corpus": built, "train": trained, "eval": metrics, "samples": samples}
 
 
 def check(cfg: dict[str, Any]) -> None:
@@ -42,12 +46,7 @@ def check(cfg: dict[str, Any]) -> None:
     check_benchmarks(cfg["eval"]["benchmarks_dir"], cfg["eval"]["benchmarks"], "eval.benchmarks_dir")
 
 
-def run(cfg: dict[str, Any]) -> None:
-    result = pipeline_flow(cfg)
-    print(summary(result["corpus"], cfg["corpus"]["pipeline"], result["eval"], result["samples"]))
-
-
-main = command(run, check)
+main = command(pipeline_flow, check)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import command, flow_config, run_form_args, token_dir
-from flows.forms import RefreshForm
+from flows import forms
+from flows.common import command, flow_config, given, token_dir
 from flows.corpus import corpus_code_version, corpus_flow
 from model.manifest import FILE, Manifest
 from tasks.corpus.dumps import download_dumps_task
@@ -66,13 +66,13 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+@forms.run_form
 @flow(name="corpus-refresh", log_prints=True)
-@run_form_args
-def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-                 settings: RefreshForm | None = None) -> dict[str, Any]:
+def refresh_flow(corpus: forms.Corpus = forms.pick("corpus"), dumps_dir: forms.DumpsDir = None,
+                 overrides: list[str] = ()) -> dict[str, Any]:
     """Add the new dump months in `corpus.refresh.dumps_dir` (after downloading those of
     `corpus.refresh.dump_urls` it lacks) to the corpus as a new version."""
-    cfg = check_inputs(flow_config(cfg, overrides, settings))
+    cfg = check_inputs(flow_config(refresh_flow.fn, locals()))
     root = Path(cfg["corpus"]["out_dir"])
     state_file = root / "refresh.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"processed": [], "versions": []}
@@ -86,7 +86,8 @@ def refresh_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None 
         get_run_logger().info("no new dumps in %s: nothing to do", refresh["dumps_dir"])
         return {"new_dumps": [], "version": state["versions"][-1] if state["versions"] else None}
     version = (state["versions"][-1] if state["versions"] else 0) + 1
-    result = corpus_flow(version_config(cfg, dumps, version))
+    with given(version_config(cfg, dumps, version)):
+        result = corpus_flow()
     publish(cfg, state["versions"] + [version])
     state = {"processed": state["processed"] + [p.name for p in dumps], "versions": state["versions"] + [version]}
     state_file.write_text(json.dumps(state, indent=2))

@@ -8,8 +8,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached, command, flow_config, run_dir, run_form_args, token_dir
-from flows.forms import TrainForm
+from flows import forms
+from flows.common import cached, command, flow_config, given, run_dir, token_dir
 from flows.corpus import corpus_flow
 from model.manifest import FILE, Manifest
 from tasks import storage
@@ -25,7 +25,10 @@ def corpus_dir(cfg: dict[str, Any]) -> str:
     if not storage.is_local(tokens):
         raise UserError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
                          "folder; copy the corpus's tokens/ folder down and point corpus.out_dir at it")
-    return tokens if Path(tokens, FILE).exists() else corpus_flow(cfg)["data_dir"]
+    if Path(tokens, FILE).exists():
+        return tokens
+    with given(cfg):
+        return corpus_flow()["data_dir"]
 
 
 def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +68,14 @@ def check_init_from(folder: Path, model: dict[str, Any]) -> None:
         raise UserError(f"init_from={folder} is another architecture ({'; '.join(differ)}): pick the model= that matches it")
 
 
+@forms.run_form
 @flow(name="train", log_prints=True)
-@run_form_args
-def train_flow(cfg: dict[str, Any] | None = None, overrides: list[str] | None = None,
-               settings: TrainForm | None = None) -> dict[str, Any]:
-    """Train `cfg.model` with `cfg.trainer`; returns the last checkpoint and the final metrics."""
-    cfg = check_inputs(flow_config(cfg, overrides, settings))
+def train_flow(model: forms.Model = forms.pick("model"), trainer: forms.Trainer = forms.pick("trainer"),
+               max_steps: forms.MaxSteps = None, corpus: forms.Corpus = forms.pick("corpus"),
+               init_from: forms.InitFrom = None, run_name: forms.RunName = None,
+               overrides: list[str] = ()) -> dict[str, Any]:
+    """Train GPT-2 on the corpus (built first when missing); returns the last checkpoint and the final metrics."""
+    cfg = check_inputs(flow_config(train_flow.fn, locals()))
     train_settings = {k: cfg[k] for k in TRAIN_SETTINGS}
     result = cached(train_task, cfg)(train_settings, corpus_dir(cfg), str(run_dir(cfg)), cfg["init_from"])
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,24 @@ os.environ.update(
 import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser():
+    """Chromium driven by Playwright (Debian's Chromium: Playwright downloads nothing), closed afterwards."""
+    if not CHROMIUM:
+        pytest.skip("no Chromium: `make test` installs Debian's chromium package when it runs as root with apt-get; "
+                    "elsewhere install it to run this test")
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield chromium
+        chromium.close()
 
 
 def shared_path(*parts: str) -> Path:
@@ -38,6 +57,14 @@ def config(tmp_path):
         return load_config([f"paths.data={tmp_path}", *overrides])
 
     return compose
+
+
+def run_flow(flow, cfg: dict, **kwargs):
+    """Run a Prefect flow on a composed config, as a parent flow runs its subflows."""
+    from flows.common import given
+
+    with given(cfg):
+        return flow(**kwargs)
 
 
 def write_token_corpus(out: Path) -> Path:

@@ -138,11 +138,30 @@ def test_training_on_a_corpus_smaller_than_one_block_is_refused(tmp_path):
 
 @pytest.mark.parametrize("prompt", ["plain", "It's \"quoted\" \\ and a backslash", "a, b [c] = {d}", "ends\\"])
 def test_a_run_form_becomes_the_overrides_that_compose_its_values(prompt):
-    from flows.forms import GenerateForm, TrainForm
+    from flows.forms import form_overrides
+    from flows.generate import generate_flow
+    from flows.train import train_flow
 
-    cfg = load_config(TrainForm(model="gpt2", trainer="cpu", max_steps=20).to_overrides()
-                      + GenerateForm(prompt=prompt, top_p=0.9).to_overrides())
+    train = form_overrides(train_flow.fn, {"model": "gpt2", "trainer": "cpu", "max_steps": 20})
+    assert train == ["model=gpt2", "trainer.max_steps=20"]  # trainer=cpu is conf/'s pick: no override
+    cfg = load_config(train + form_overrides(generate_flow.fn, {"prompt": prompt, "top_p": 0.9, "top_k": 40}))
     assert (cfg["model"]["name"], cfg["trainer"]["max_steps"], cfg["prompt"], cfg["top_p"]) == ("gpt2", 20, prompt, 0.9)
-    assert TrainForm().to_overrides() == []  # an empty form keeps conf/'s values
-    with pytest.raises(ValueError, match="greater than 0"):
-        TrainForm(max_steps=0)
+    assert form_overrides(train_flow.fn, {}) == []  # an untouched form keeps conf/'s values
+
+
+def test_a_run_form_value_out_of_range_fails_the_flow_run_before_it_starts():
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.train import train_flow
+
+    with pytest.raises(ParameterTypeError, match="greater than 0"):
+        train_flow(max_steps=0)
+
+
+def test_choosing_the_gpu_trainer_alone_trains_its_own_number_of_steps():
+    from flows.forms import form_overrides
+    from flows.train import train_flow
+
+    assert load_config(form_overrides(train_flow.fn, {"trainer": "gpu"}))["trainer"]["max_steps"] == 5000
+
+

@@ -8,6 +8,7 @@ import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
 from flows.common import load_config, task_runner
+from tests.conftest import run_flow
 from flows.corpus import corpus_flow
 from tasks import storage
 from tasks.cluster import attached, on_cluster
@@ -26,11 +27,11 @@ def cluster():
 def test_the_work_runs_on_both_workers_and_keeps_the_documents_of_a_local_run(cluster, tmp_path):
     local, client = cluster
     base = [f"paths.data={tmp_path / 'local'}", "logger=none"]
-    local_run = corpus_flow(load_config(base))
+    local_run = run_flow(corpus_flow, load_config(base))
     cfg = load_config([f"paths.data={tmp_path / 'dask'}", "logger=none", "runner=dask", "corpus.shard_docs=10",
                        f"runner.address={local.scheduler_address}"])
     with get_task_stream(client) as stream:
-        result = corpus_flow(cfg)
+        result = run_flow(corpus_flow, cfg)
     assert dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))["after dedup"] == 47
     assert sum(t["key"].startswith("process_shard-") for t in stream.data) == 6  # 57 URLs in shards of 10
     # all calls, not the shards alone: six short shard calls can all land on one worker while the other fetches

@@ -1,5 +1,7 @@
 """prefect.yaml against a real Prefect server started here on 127.0.0.1, with a real process worker."""
+import importlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,9 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.common import load_config
+from flows.forms import form_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -82,18 +88,80 @@ def test_deployments_resolve_their_folder_when_a_run_starts_and_train_goes_to_th
     assert corpus.work_pool_name == "opengpt2" and train.work_pool_name == "opengpt2-gpu"
 
 
-def test_each_deployment_form_is_typed_and_described(server):
+FLOWS = {"train": "flows.train:train_flow", "corpus": "flows.corpus:corpus_flow", "generate": "flows.generate:generate_flow",
+         "export": "flows.export:export_flow", "evaluate": "flows.evaluate:evaluate_flow",
+         "pipeline": "flows.pipeline:pipeline_flow", "corpus-refresh": "flows.refresh:refresh_flow"}
+
+
+def flow_function(name: str):
+    module, function = FLOWS[name].split(":")
+    return getattr(importlib.import_module(module), function).fn
+
+
+def test_each_deployment_form_is_flat_typed_and_described(server):
     with get_client(sync_client=True) as client:
-        schemas = {name: client.read_deployment_by_name(f"{name}/{name}").parameter_openapi_schema
-                   for name in ("train", "corpus", "generate", "export", "evaluate", "pipeline", "corpus-refresh")}
-    assert all(s["properties"]["settings"]["description"] and s["properties"]["overrides"]["description"].startswith("advanced")
-               for s in schemas.values())
-    train = schemas["train"]["definitions"]["TrainForm"]["properties"]
-    assert train["max_steps"]["anyOf"][0] == {"exclusiveMinimum": 0, "type": "integer"} and train["max_steps"]["description"]
-    assert {"gpt2-tiny", "gpt2", "gpt2-xl"} <= set(train["model"]["anyOf"][0]["enum"])  # a choice, from conf/model
-    generate = schemas["generate"]["definitions"]["GenerateForm"]["properties"]
-    assert generate["top_p"]["anyOf"][0] == {"exclusiveMinimum": 0.0, "maximum": 1.0, "type": "number"}
-    assert generate["temperature"]["anyOf"][0]["minimum"] == 0
+        schemas = {name: client.read_deployment_by_name(f"{name}/{name}").parameter_openapi_schema for name in FLOWS}
+    for name, schema in schemas.items():
+        fields = schema["properties"]
+        assert list(fields)[-1] == "overrides" and fields["overrides"]["description"].startswith("advanced"), name
+        assert not schema.get("definitions") and not schema.get("required"), name  # no nested form, nothing required
+        for field, spec in fields.items():
+            assert "type" in spec and "anyOf" not in spec and spec.get("description"), (name, field)  # no None toggle
+            assert spec.get("default", "unset") is not None, (name, field)  # unset, or a value: never a null default
+    train = schemas["train"]["properties"]
+    assert train["model"]["default"] == "gpt2-tiny" and {"gpt2", "gpt2-xl"} <= set(train["model"]["enum"])
+    assert train["trainer"]["default"] == "cpu" and "gpu" in train["trainer"]["enum"]
+    assert train["max_steps"]["type"] == "integer" and "default" not in train["max_steps"]
+    assert "300 for cpu" in train["max_steps"]["description"] and "5000 for" in train["max_steps"]["description"]
+    generate = schemas["generate"]["properties"]
+    assert (generate["top_p"]["exclusiveMinimum"], generate["top_p"]["maximum"]) == (0, 1)
+    assert generate["temperature"]["default"] == load_config()["temperature"] and generate["temperature"]["minimum"] == 0
+
+
+def form_field(page, name: str):
+    """One field of a Prefect run form, found by its label."""
+    label = page.locator(".schema-form-property__label", has_text=re.compile(f"^{name} "))
+    return page.locator(".schema-form-property").filter(has=label)
+
+
+def submitted_run(client, deployment_id, before: set) -> dict:
+    """The parameters of the flow run the form created (polled: the page posts it in the background)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id and r.id not in before]
+        if runs:
+            client.delete_flow_run(runs[0].id)  # no worker is to run it
+            return runs[0].parameters
+        time.sleep(0.3)
+    pytest.fail("submitting the form created no flow run")
+
+
+def test_the_train_form_in_a_browser_presets_conf_and_submits_only_what_was_changed(server, browser):
+    ui = server.removesuffix("/api")
+    page = browser.new_page(viewport={"width": 1300, "height": 1800})
+    with get_client(sync_client=True) as client:
+        for name in FLOWS:  # untouched: no override, so exactly conf/'s defaults
+            deployment = client.read_deployment_by_name(f"{name}/{name}")
+            client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=True))  # the worker must not run these
+            before = {r.id for r in client.read_flow_runs()}
+            page.goto(f"{ui}/deployments/deployment/{deployment.id}/run")
+            if name == "train":
+                assert form_field(page, "model").locator(".p-select-button__value").inner_text() == "gpt2-tiny"
+                assert form_field(page, "trainer").locator(".p-select-button__value").inner_text() == "cpu"
+                assert form_field(page, "max_steps").locator("input").input_value() == ""
+                form_field(page, "model").locator(".p-select-button__control").click()
+                page.keyboard.press("ArrowDown")
+                page.get_by_role("option", name="gpt2", exact=True).click()
+                form_field(page, "max_steps").locator("input").fill("5")
+            page.get_by_role("button", name="Submit").click()
+            parameters = submitted_run(client, deployment.id, before)
+            client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=False))
+            overrides = form_overrides(flow_function(name), parameters) + parameters["overrides"]
+            if name == "train":
+                assert (parameters["model"], parameters["max_steps"]) == ("gpt2", 5)
+                assert overrides == ["model=gpt2", "trainer.max_steps=5"]
+            else:
+                assert overrides == [], name
 
 
 def test_refresh_schedule_is_registered_with_its_cron(server):
@@ -104,7 +172,7 @@ def test_refresh_schedule_is_registered_with_its_cron(server):
 
 
 def test_deployed_corpus_run_completes_and_publishes_its_funnel(server, tmp_path):
-    run = run_deployment("corpus/corpus", parameters={"settings": {"corpus": "demo", "runner": "local"},
+    run = run_deployment("corpus/corpus", parameters={"corpus": "demo", "runner": "local",
                                                       "overrides": [f"paths.data={tmp_path}", "logger=none"]},
                          timeout=600)
     assert run.state.is_completed(), run.state.message

@@ -9,6 +9,7 @@ import pytest
 import zstandard
 
 from flows.common import load_config
+from tests.conftest import run_flow
 from flows.refresh import refresh_flow
 from sample.build import DUMP
 from tasks.corpus.dumps import download_new_dumps, dump_name
@@ -87,7 +88,7 @@ def test_refresh_from_a_url_list(mirror, tmp_path):
     lines = zstandard.ZstdDecompressor().decompress(DUMP.read_bytes(), max_output_size=10**8).decode().splitlines()
     DumpMirror.files = {"/RS_2019-01.zst": zstandard.ZstdCompressor().compress(("\n".join(lines[:30]) + "\n").encode())}
     cfg = load_config([f"paths.data={tmp_path}", "logger=none", f"corpus.refresh.dump_urls=[{mirror}/RS_2019-01.zst]"])
-    result = refresh_flow(cfg)
+    result = run_flow(refresh_flow, cfg)
     assert result["new_dumps"] == ["RS_2019-01.zst"] and result["version"] == 1 and result["stats"]["fetch/ok"] > 0
-    assert refresh_flow(cfg) == {"new_dumps": [], "version": 1}  # processed: not downloaded again
+    assert run_flow(refresh_flow, cfg) == {"new_dumps": [], "version": 1}  # processed: not downloaded again
     assert len(DumpMirror.requests) == 1

@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             FlowRunFilterId, FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId)
 
 from flows.common import checkpoint_path, token_dir
+from tests.conftest import run_flow
 from flows.corpus import corpus_flow
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
@@ -76,7 +77,7 @@ def demo(tmp_path_factory):
     cfg = load_config([f"paths.data={data}", "trainer.max_steps=40", "trainer.val_check_interval=20",
                        "trainer.checkpoint_every_n_steps=20", "trainer.sample_every_n_steps=20",
                        "trainer.peak_flops=1e12"])
-    state = corpus_flow(cfg, return_state=True)
+    state = run_flow(corpus_flow, cfg, return_state=True)
     return cfg, state
 
 
@@ -101,7 +102,7 @@ def test_corpus_from_warc_files(demo, tmp_path):
     warc = Path(cfg["corpus"]["out_dir"]) / "pages" / "00000" / "pages.warc.gz"
     warc_cfg = load_config([f"paths.data={tmp_path}", "corpus.source=warc", f"corpus.warc_files=[{warc}]",
                             "logger=none"])
-    counts = dict(funnel(corpus_flow(warc_cfg)["stats"], cfg["corpus"]["pipeline"]))
+    counts = dict(funnel(run_flow(corpus_flow, warc_cfg)["stats"], cfg["corpus"]["pipeline"]))
     assert counts["records read"] == counts["URLs kept"] == counts["fetched"] == 0
     assert (counts["extracted"], counts["after dedup"], counts["≥ min tokens"]) == (56, 47, 44)
 
@@ -109,7 +110,7 @@ def test_corpus_from_warc_files(demo, tmp_path):
 def test_second_corpus_run_is_served_from_cache(demo):
     cfg, first = demo
     assert set(task_states(first).values()) <= {"Completed", "Cached"}
-    second = corpus_flow(cfg, return_state=True)
+    second = run_flow(corpus_flow, cfg, return_state=True)
     states = task_states(second)
     assert set(states) == {"urls", "fetch", "shard", "dedup-candidates", "dedup-confirm", "tokenize"}
     assert set(states.values()) == {"Cached"}
@@ -119,7 +120,7 @@ def test_second_corpus_run_is_served_from_cache(demo):
 def test_train_logs_to_wandb_offline_and_loss_falls(demo):
     cfg, corpus = demo
     with info_logs():
-        state = train_flow(cfg, return_state=True)
+        state = run_flow(train_flow, cfg, return_state=True)
     result, run_id = state.result(), state.state_details.flow_run_id
     with get_client(sync_client=True) as client:  # what the Prefect UI shows of the run
         for _ in range(20):  # run logs reach the API in batches
@@ -166,7 +167,7 @@ def test_a_missing_checkpoint_is_named_with_the_way_out(tmp_path):
 
 def test_evaluate_and_generate_read_the_checkpoint(demo):
     cfg, _ = demo
-    metrics = evaluate_flow(cfg)["val"]
+    metrics = run_flow(evaluate_flow, cfg)["val"]
     checkpoint = Path(cfg["paths"]["data"]) / "checkpoints" / cfg["run_name"] / "last.ckpt"
     trained = load_gpt(str(checkpoint))
     untrained = GPT(GPTConfig.from_settings(cfg["model"])).eval()  # the same architecture, its initial weights
@@ -175,11 +176,11 @@ def test_evaluate_and_generate_read_the_checkpoint(demo):
     assert metrics["eval/perplexity_strided"] < before / 10 and metrics["eval/tokens"] > 1000
     runs = lambda: len(list(Path(cfg["logger"]["save_dir"]).glob("wandb/offline-run-*")))  # noqa: E731
     before = runs()
-    assert evaluate_flow(cfg)["val"] == metrics and runs() == before  # a cached rerun: no new W&B run
-    texts = generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 2})
+    assert run_flow(evaluate_flow, cfg)["val"] == metrics and runs() == before  # a cached rerun: no new W&B run
+    texts = run_flow(generate_flow, {**cfg, "max_new_tokens": 20, "num_samples": 2})
     assert len(texts) == 2 and texts[0] != texts[1]
     assert all(t.startswith(cfg["prompt"]) and len(t) > len(cfg["prompt"]) for t in texts)
-    assert generate_flow({**cfg, "max_new_tokens": 20, "num_samples": 1}) == texts[:1]  # seeded
+    assert run_flow(generate_flow, {**cfg, "max_new_tokens": 20, "num_samples": 1}) == texts[:1]  # seeded
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[f"model.{k}"], v) for k, v in trained.state_dict().items())
 
@@ -190,7 +191,7 @@ def test_evaluate_runs_the_benchmarks_it_finds(demo, tmp_path):
     (tmp_path / "lambada.jsonl").write_text(json.dumps({"text": "The budget for food waste rose to five million"}))
     eval_cfg = {**cfg["eval"], "benchmarks_dir": str(tmp_path),
                 "benchmarks": {"wikitext2": "wiki.test.raw", "lambada": "lambada.jsonl", "ptb": "missing.txt"}}
-    result = evaluate_flow({**cfg, "eval": eval_cfg, "refresh": True})
+    result = run_flow(evaluate_flow, {**cfg, "eval": eval_cfg, "refresh": True})
     assert set(result["benchmarks"]) == {"wikitext2", "lambada"}  # ptb's file is absent: skipped
     assert result["benchmarks"]["wikitext2"]["perplexity"] > 1
     assert 0 <= result["benchmarks"]["lambada"]["accuracy"] <= 100
@@ -209,7 +210,7 @@ def test_decontamination_drops_documents_that_overlap_an_eval_set(demo, tmp_path
     clean_cfg = load_config([f"paths.data={tmp_path}", "corpus.pipeline.decontaminate.enabled=true", "logger=none",
                              "corpus.pipeline.decontaminate.max_overlap=0.5", f"eval.benchmarks_dir={tmp_path / 'bench'}"])
     clean_cfg["corpus"]["pipeline"]["decontaminate"]["benchmarks"] = {"wikitext2": "wiki.test.raw"}
-    result = corpus_flow(clean_cfg)
+    result = run_flow(corpus_flow, clean_cfg)
     # it runs before dedup, so the leaked story's syndicated copy goes with it
     assert result["stats"]["decontaminate/overlaps_eval"] == 2 and result["stats"]["tokenize/kept"] == len(docs) - 1
     kept = {d.id for d in corpus_documents(Path(result["data_dir"]))}
@@ -239,5 +240,5 @@ def test_the_corpus_run_logs_its_version_as_an_artifact_and_a_cached_rerun_logs_
     assert [a["type"] for a in artifacts if a["name"] == "corpus-demo"] == ["dataset"]  # beside the funnel table's
     runs = lambda: sorted(Path(cfg["logger"]["save_dir"]).glob("wandb/offline-run-*"))  # noqa: E731
     before = runs()
-    again = corpus_flow(cfg)
+    again = run_flow(corpus_flow, cfg)
     assert again["report"]["wandb"] is None and runs() == before

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ from model.gpt import GPT, GPTConfig
 from model.sample import sample_text
 from tasks.lm.playground import PlaygroundServer
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUESTS = [  # different prompts, lengths and settings; the first runs past the 64-token context
     ("Hello there", dict(max_new_tokens=80, seed=1, temperature=0.9, top_k=40)),
     ("The cat", dict(max_new_tokens=30, seed=2, temperature=0, repetition_penalty=1.3)),
@@ -207,38 +205,28 @@ def test_the_stream_carries_tokens_then_the_figures_and_bad_values_get_one_line(
     assert unknown.json()["error"] == "model=third: not served here (one of first, second)"
 
 
-@pytest.mark.skipif(not CHROMIUM, reason="no Chromium: `make test` installs Debian's chromium package when it runs "
-                                         "as root with apt-get; elsewhere install it to run this test")
-def test_the_page_streams_text_side_by_side_and_shows_a_bad_value(playground, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.goto(playground)
-        assert page.locator(".pane h3").all_inner_texts() == ["first", "second"]
-        page.fill("#prompt", "The history of the city")
-        page.fill("#max_new_tokens", "400")
-        page.click("#generate")
-        first = page.locator(".pane").first
-        page.wait_for_function("document.querySelectorAll('.pane')[0].querySelectorAll('.tok').length > 3")
-        early = first.locator(".tok").count()
-        assert "done" not in first.locator(".stats").inner_text()  # still streaming
-        page.wait_for_function("[...document.querySelectorAll('.stats')].every(s => s.textContent.includes('done'))",
-                               timeout=120_000)
-        assert first.locator(".tok").count() > early  # the text grew while we watched
-        for stats in page.locator(".stats").all_inner_texts():
-            assert "tokens/s · first token" in stats and float(stats.split(" tokens/s")[0]) > 0
-        first.locator(".tok").nth(2).hover()
-        assert page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("p = ")
-        assert len(page.inner_text("#tip").splitlines()) == 6  # its probability, then five alternatives
-        assert first.locator(".text").inner_text().startswith("The history of the city")
-        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-        page.fill("#top_p", "2")
-        page.click("#generate")
-        page.wait_for_function("document.getElementById('error').textContent.length > 0")
-        assert page.inner_text("#error") == "top_p=2: Input should be less than or equal to 1"
-        browser.close()
+def test_the_page_streams_text_side_by_side_and_shows_a_bad_value(playground, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(playground)
+    assert page.locator(".pane h3").all_inner_texts() == ["first", "second"]
+    page.fill("#prompt", "The history of the city")
+    page.fill("#max_new_tokens", "400")
+    page.click("#generate")
+    first = page.locator(".pane").first
+    page.wait_for_function("document.querySelectorAll('.pane')[0].querySelectorAll('.tok').length > 3")
+    early = first.locator(".tok").count()
+    assert "done" not in first.locator(".stats").inner_text()  # still streaming
+    page.wait_for_function("[...document.querySelectorAll('.stats')].every(s => s.textContent.includes('done'))",
+                           timeout=120_000)
+    assert first.locator(".tok").count() > early  # the text grew while we watched
+    for stats in page.locator(".stats").all_inner_texts():
+        assert "tokens/s · first token" in stats and float(stats.split(" tokens/s")[0]) > 0
+    first.locator(".tok").nth(2).hover()
+    assert page.locator("#tip").is_visible() and page.inner_text("#tip").startswith("p = ")
+    assert len(page.inner_text("#tip").splitlines()) == 6  # its probability, then five alternatives
+    assert first.locator(".text").inner_text().startswith("The history of the city")
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+    page.fill("#top_p", "2")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert page.inner_text("#error") == "top_p=2: Input should be less than or equal to 1"

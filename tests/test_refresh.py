@@ -6,6 +6,7 @@ import pytest
 import zstandard
 
 from flows.common import load_config
+from tests.conftest import run_flow
 from flows.refresh import refresh_flow
 from model.data import TokenShards
 from model.manifest import Manifest
@@ -39,7 +40,7 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     cfg = load_config([f"paths.data={tmp_path}", "logger=none"])
     write_month(dumps, "RS_2019-01.zst", lines[:40])
 
-    first = refresh_flow(cfg)
+    first = run_flow(refresh_flow, cfg)
     assert first["new_dumps"] == ["RS_2019-01.zst"] and first["version"] == 1
     tokens = tmp_path / "corpus" / "demo" / "tokens"
     v1_train = len(TokenShards(tokens, "train"))
@@ -50,7 +51,7 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
 
     # February repeats four of January's links and brings the rest
     write_month(dumps, "RS_2019-02.zst", lines[36:])
-    second = refresh_flow(cfg)
+    second = run_flow(refresh_flow, cfg)
     assert second["new_dumps"] == ["RS_2019-02.zst"] and second["version"] == 2
     assert second["stats"]["urls/dropped_seen_before"] >= 1
     fetched = first["stats"]["fetch/ok"] + second["stats"]["fetch/ok"]
@@ -66,7 +67,7 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     card = (Path(export_hf(checkpoint, str(tmp_path / "hf"))) / "README.md").read_text()
     assert f"| corpus | demo, version 1, {v1.tokens('train'):,} train tokens (manifest sha256 {v1.sha256[:12]}) |" in card
 
-    third = refresh_flow(cfg)
+    third = run_flow(refresh_flow, cfg)
     assert third == {"new_dumps": [], "version": 2}  # nothing new: no work
 
 
@@ -76,7 +77,7 @@ def test_a_month_whose_fetch_failed_is_not_marked_done_and_is_retried(tmp_path):
     offline = load_config([f"paths.data={tmp_path}", "logger=none", "corpus.serve_sample_web=false",
                            "corpus.fetch.retries=0", "corpus.fetch.task_retries=0"])  # no sample web: every host fails to resolve, as with DNS down
     with pytest.raises(FetchFailed, match="failed on the network"):
-        refresh_flow(offline)
+        run_flow(refresh_flow, offline)
     assert not (tmp_path / "corpus" / "demo" / "refresh.json").exists()  # the month is not marked done
-    online = refresh_flow(load_config([f"paths.data={tmp_path}", "logger=none"]))
+    online = run_flow(refresh_flow, load_config([f"paths.data={tmp_path}", "logger=none"]))
     assert online["new_dumps"] == ["RS_2019-01.zst"] and online["stats"]["fetch/ok"] > 0

@@ -14,7 +14,7 @@ import pytest
 
 from flows.common import load_config
 from flows.train import train_flow
-from tests.conftest import write_token_corpus
+from tests.conftest import write_token_corpus, run_flow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,12 +40,12 @@ def test_training_stopped_by_sigterm_fails_uncached_and_the_rerun_resumes(tmp_pa
                        "trainer.limit_val_batches=0", "trainer.sample_every_n_steps=0"])
     last = tmp_path / "checkpoints" / cfg["run_name"] / "last.ckpt"
     sigterm_when(last).join(0)
-    stopped = train_flow(cfg, return_state=True)
+    stopped = run_flow(train_flow, cfg, return_state=True)
     assert stopped.is_failed(), stopped
     message = stopped.message or str(stopped.result(raise_on_failure=False))
     step = int(message.split("at step ")[1].split()[0])
     assert f"interrupted by SIGTERM at step {step} of 30: rerun to resume" in message and 2 <= step < 30
-    resumed = train_flow(cfg, return_state=True)  # the same settings: a cached result would come back at once
+    resumed = run_flow(train_flow, cfg, return_state=True)  # the same settings: a cached result would come back at once
     assert resumed.is_completed() and resumed.name != "Cached", resumed
     assert resumed.result()["global_step"] == 30
 

@@ -6,6 +6,7 @@ import fsspec
 import pytest
 
 from flows.common import load_config
+from tests.conftest import run_flow
 from flows.corpus import corpus_flow
 from tasks.corpus.document import corpus_documents
 from tests.test_shards import write_warc
@@ -33,7 +34,7 @@ def s3():
 
 
 def build(tmp_path, name: str, warcs: list[str], out_dir: str) -> dict:
-    return corpus_flow(load_config([f"paths.data={tmp_path / name}", "logger=none", "corpus.source=warc",
+    return run_flow(corpus_flow, load_config([f"paths.data={tmp_path / name}", "logger=none", "corpus.source=warc",
                                     f"corpus.warc_files=[{','.join(warcs)}]", f"corpus.out_dir={out_dir}",
                                     "corpus.shard_bytes=15000"]))
 
