@@ -61,9 +61,9 @@ else
         ;;
       xl)
         run ours-xl-zero2-ckpt 240 python3 -m bench.train model=gpt2-xl trainer=deepspeed_zero2 \
-          trainer.batch_size=8 trainer.activation_checkpointing=true               # its MFU
+          data.batch_size=8 fit.activation_checkpointing=true               # its MFU
         run ours-xl-zero3-offload-24GiB 300 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3 -m bench.train \
-          memory_cap_gib=24 model=gpt2-xl trainer=deepspeed_zero3_offload trainer.batch_size=4 trainer.max_steps=12
+          memory_cap_gib=24 model=gpt2-xl trainer=deepspeed_zero3_offload data.batch_size=4 trainer.max_steps=12
         ;;
       generate)
         run ours-generate-compiled 240 python3 -m bench.generate model=gpt2 new_tokens=256  # beside HF generate (bf16)

@@ -43,27 +43,29 @@ def main(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("memory_cap_gib=")]
     if caps and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(caps[0] * 2**30 / torch.cuda.get_device_properties(0).total_memory)
-    defaults = (["model=gpt2", "trainer=deepspeed_zero2", "trainer.global_batch_tokens=null"] if torch.cuda.is_available()
+    defaults = (["model=gpt2", "trainer=deepspeed_zero2", "data.global_batch_tokens=null"] if torch.cuda.is_available()
                 else ["model=gpt2-tiny", "trainer=cpu"])
-    cfg = load_config([*defaults, "logger=none", "trainer.limit_val_batches=0", "trainer.sample_every_n_steps=0",
-                       "trainer.checkpoint_every_n_steps=100000", "trainer.resume=false", "trainer.max_steps=30",
+    cfg = load_config([*defaults, "logger=none", "trainer.limit_val_batches=0", "callbacks.sample_every_n_steps=0",
+                       "callbacks.checkpoint_every_n_steps=100000", "fit.resume=false", "trainer.max_steps=30",
                        *overrides])
-    tr, block = cfg["trainer"], cfg["model"]["block_size"]
-    module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], tr["activation_checkpointing"], tr["compile"])
+    tr, batch, block = cfg["trainer"], cfg["data"]["batch_size"], cfg["model"]["block_size"]
+    module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], cfg["fit"]["activation_checkpointing"],
+                          cfg["fit"]["compile"])
     tokens = np.random.default_rng(0).integers(0, 50257, 10_000_000, dtype=np.uint16)
-    data = DataLoader(RandomWindows(tokens, block, cfg["seed"]), batch_size=tr["batch_size"])
+    data = DataLoader(RandomWindows(tokens, block, cfg["seed"]), batch_size=batch)
     timer = StepTimer()
     trainer = make_trainer(cfg, Path(mkdtemp()), False, [timer])
     trainer.fit(module, train_dataloaders=data)
     steps = tr["max_steps"] - WARMUP_STEPS
-    tokens_per_s = steps * tr["batch_size"] * block * accumulation(tr, block) / timer.seconds
+    tokens_per_s = steps * batch * block * accumulation(cfg) / timer.seconds
     n_params = sum(p.numel() for p in module.parameters())
-    result = {"name": f"opengpt2_{cfg['model']['name']}_{tr['strategy']}", "tok_per_s": round(tokens_per_s),
+    strategy = tr["strategy"] if isinstance(tr["strategy"], str) else tr["strategy"]["_target_"].rsplit(".", 1)[1]
+    result = {"name": f"opengpt2_{cfg['model']['name']}_{strategy}", "tok_per_s": round(tokens_per_s),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "B": tr["batch_size"], "T": block, "params_M": round(n_params / 1e6, 1),
+              "B": batch, "T": block, "params_M": round(n_params / 1e6, 1),
               "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None}
-    if tr["peak_flops"]:
-        result["mfu"] = round(tokens_per_s * module.model.flops_per_token() / tr["peak_flops"], 3)
+    if cfg["callbacks"]["peak_flops"]:
+        result["mfu"] = round(tokens_per_s * module.model.flops_per_token() / cfg["callbacks"]["peak_flops"], 3)
     devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
     result["owt_wall_h"] = round(OPENWEBTEXT_TOKENS / tokens_per_s / 3600, 1)  # one pass at this rate
     result["owt_gpu_h"] = round(result["owt_wall_h"] * devices, 1) if torch.cuda.is_available() else None

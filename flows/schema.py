@@ -54,35 +54,35 @@ class Model(Strict):
         return self
 
 
-class DeepSpeed(Strict):
-    stage: Literal[1, 2, 3]
-    offload_optimizer: bool
-    offload_params: bool
+class Trainer(BaseModel):
+    """pytorch_lightning.Trainer's arguments: the ones the code reads, typed here; every key is checked
+    against the Trainer's signature before training starts (`flows.train.check_trainer`)."""
 
-
-class Trainer(Strict):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    target: Annotated[str, Field(alias="_target_")]
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
     devices: int | str | list[int]
     num_nodes: Positive
-    strategy: Literal["auto", "ddp", "deepspeed"]
-    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"]
     max_steps: Positive
+    accumulate_grad_batches: Positive
+
+
+class Data(Strict):
     batch_size: Positive
     global_batch_tokens: Positive | None
-    accumulate_grad_batches: Positive
-    gradient_clip_val: Annotated[float, Field(ge=0)] | None
-    activation_checkpointing: bool
-    compile: bool
-    val_check_interval: Positive
-    limit_val_batches: Annotated[float, Field(ge=0)]
-    log_every_n_steps: Positive
+    num_workers: NonNegative
+
+
+class Callbacks(Strict):
     checkpoint_every_n_steps: Positive
-    resume: bool
     sample_every_n_steps: NonNegative
     peak_flops: Annotated[float, Field(gt=0)] | None
-    profiler: Literal["simple", "advanced", "pytorch"] | None
-    num_workers: NonNegative
-    deepspeed: DeepSpeed | None = None
+
+
+class Fit(Strict):
+    compile: bool
+    activation_checkpointing: bool
+    resume: bool
 
 
 class Logger(Strict):
@@ -243,6 +243,9 @@ class Config(Sampling):
     corpus: Corpus
     model: Model
     trainer: Trainer
+    data: Data
+    callbacks: Callbacks
+    fit: Fit
     logger: Logger
     eval: Eval
     runner: Runner

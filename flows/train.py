@@ -16,7 +16,7 @@ from tasks import storage
 from tasks.errors import UserError
 from tasks.lm.train import train_task
 
-TRAIN_SETTINGS = ("model", "optim", "trainer", "logger", "seed", "run_name", "prompt")
+TRAIN_SETTINGS = ("model", "optim", "trainer", "data", "callbacks", "fit", "logger", "seed", "run_name", "prompt")
 
 
 def corpus_dir(cfg: dict[str, Any]) -> str:
@@ -39,6 +39,7 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["trainer"]["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={cfg['trainer']['accelerator']} needs a CUDA GPU and this machine "
                         "has none: use trainer=cpu")
+    check_trainer(cfg["trainer"])
     if cfg["init_from"]:
         check_init_from(Path(cfg["init_from"]), cfg["model"])
     tokens_dir = token_dir(cfg)
@@ -48,6 +49,19 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"the corpus at {tokens_dir} has {tokens:,} train tokens, not one block of "
                             f"model.block_size={cfg['model']['block_size']} + 1: build a bigger corpus")
     return cfg
+
+
+def check_trainer(trainer: dict[str, Any]) -> None:
+    """UserError naming the keys of `trainer` that its `_target_` class does not take."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    taken = inspect.signature(get_class(trainer["_target_"])).parameters
+    unknown = sorted(set(trainer) - set(taken) - {"_target_"})
+    if unknown:
+        raise UserError(f"trainer.{unknown[0]}: not an argument of {trainer['_target_']} "
+                        f"({', '.join(unknown)} unknown; see its documentation)")
 
 
 def check_init_from(folder: Path, model: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ CONF = REPO / "conf"
     ("flows.train", ["trainer.max_steps=abc"], "trainer.max_steps=abc: Input should be a valid integer"),
     ("flows.generate", ["top_p=1.5", "temperature=-1", "top_k=-5"], "temperature=-1"),
     ("flows.train", ["trainer.max_stepz=3"], "Could not override 'trainer.max_stepz'"),
+    ("flows.train", ["+trainer.max_stepz=3"], "trainer.max_stepz: not an argument of pytorch_lightning.Trainer"),
     ("flows.playground", ["playground.decoders=0"], "playground.decoders=0: Input should be greater than 0 or 'auto'"),
     ("flows.train", ["trainer=gpux"], "Could not find 'trainer/gpux'"),
     ("flows.corpus", ["corpus=pushshift", "corpus.dumps=[/nonexistent/RS_x.zst]"], "dump /nonexistent/RS_x.zst does not exist"),
@@ -49,10 +50,10 @@ def test_every_shipped_config_group_passes_the_schema():
 def test_the_schema_names_every_wrong_key_with_its_value_and_what_is_allowed():
     with pytest.raises(ConfigError) as err:
         load_config(["top_p=0", "repetition_penalty=0", "model.n_head=5", "corpus.dedup.threshold=1.5",
-                     "corpus.pipeline.extract._target_=os.system", "+trainer.typo=1"])
+                     "corpus.pipeline.extract._target_=os.system", "+fit.typo=1"])
     message = str(err.value)
     for part in ("top_p=0: Input should be greater than 0", "repetition_penalty=0:", "model: n_embd=128 must be a multiple of n_head=5",
-                 "corpus.dedup.threshold=1.5", "corpus.pipeline.extract._target_=os.system", "trainer.typo: unknown key"):
+                 "corpus.dedup.threshold=1.5", "corpus.pipeline.extract._target_=os.system", "fit.typo: unknown key"):
         assert part in message, message
 
 

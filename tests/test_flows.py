@@ -75,8 +75,8 @@ def demo(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("data")
     cfg = load_config([f"paths.data={data}", "trainer.max_steps=40", "trainer.val_check_interval=20",
-                       "trainer.checkpoint_every_n_steps=20", "trainer.sample_every_n_steps=20",
-                       "trainer.peak_flops=1e12"])
+                       "callbacks.checkpoint_every_n_steps=20", "callbacks.sample_every_n_steps=20",
+                       "callbacks.peak_flops=1e12"])
     state = run_flow(corpus_flow, cfg, return_state=True)
     return cfg, state
 

@@ -25,7 +25,7 @@ def write_month(folder: Path, name: str, lines: list[str]) -> None:
 def train_two_steps(data: Path, tokens: Path) -> tuple[str, dict]:
     """A gpt2-tiny run of two steps on `tokens`, logged to W&B offline: its checkpoint, and the
     corpus its W&B run recorded."""
-    cfg = load_config([f"paths.data={data}", "model=gpt2-tiny", "model.block_size=32", "trainer.batch_size=4",
+    cfg = load_config([f"paths.data={data}", "model=gpt2-tiny", "model.block_size=32", "data.batch_size=4",
                        "trainer.max_steps=2", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0"])
     checkpoint = fit(cfg, str(tokens), str(data / "ckpt"))["checkpoint"]
     [run] = (data / "wandb" / "wandb").glob("offline-run-*")

@@ -35,9 +35,9 @@ def sigterm_when(path: Path, timeout: float = 120) -> threading.Thread:
 def test_training_stopped_by_sigterm_fails_uncached_and_the_rerun_resumes(tmp_path):
     write_token_corpus(tmp_path / "corpus" / "tokens")
     cfg = load_config([f"paths.data={tmp_path}", f"corpus.out_dir={tmp_path / 'corpus'}", "logger=none",
-                       "model.block_size=32", "trainer.batch_size=4", "trainer.max_steps=30",
-                       "trainer.checkpoint_every_n_steps=2", "trainer.val_check_interval=1000",
-                       "trainer.limit_val_batches=0", "trainer.sample_every_n_steps=0"])
+                       "model.block_size=32", "data.batch_size=4", "trainer.max_steps=30",
+                       "callbacks.checkpoint_every_n_steps=2", "trainer.val_check_interval=1000",
+                       "trainer.limit_val_batches=0", "callbacks.sample_every_n_steps=0"])
     last = tmp_path / "checkpoints" / cfg["run_name"] / "last.ckpt"
     sigterm_when(last).join(0)
     stopped = run_flow(train_flow, cfg, return_state=True)

@@ -10,7 +10,7 @@ import torch
 from flows.common import load_config
 from model.checkpoint import load_gpt
 from model.lit import GPTLightning
-from model.train import accumulation, deepspeed_config, fit, make_strategy
+from model.train import accumulation, fit, make_trainer
 from tests.conftest import write_token_corpus
 
 
@@ -21,7 +21,7 @@ def shards(tmp_path_factory):
 
 
 def train_cfg(*overrides):
-    return load_config(["logger=none", "model=gpt2-tiny", "model.block_size=32", "trainer.batch_size=4",
+    return load_config(["logger=none", "model=gpt2-tiny", "model.block_size=32", "data.batch_size=4",
                         "trainer.val_check_interval=1000", "trainer.limit_val_batches=0", "optim.warmup_steps=5",
                         *overrides])
 
@@ -44,7 +44,7 @@ class SigtermAt(pl.Callback):
 
 
 def test_resume_after_sigterm_reproduces_the_uninterrupted_run(shards, tmp_path):
-    cfg = train_cfg("trainer.max_steps=40", "trainer.checkpoint_every_n_steps=1000")
+    cfg = train_cfg("trainer.max_steps=40", "callbacks.checkpoint_every_n_steps=1000")
     whole = LossRecorder()
     fit(cfg, shards, str(tmp_path / "whole"), [whole])
 
@@ -59,9 +59,9 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_run(shards, tmp_path)
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(shards, tmp_path):
-    big = fit(train_cfg("trainer.max_steps=1", "trainer.batch_size=8", "trainer.resume=false"), shards, str(tmp_path / "a"))
-    small = fit(train_cfg("trainer.max_steps=1", "trainer.batch_size=4", "trainer.accumulate_grad_batches=2",
-                          "trainer.resume=false"), shards, str(tmp_path / "b"))
+    big = fit(train_cfg("trainer.max_steps=1", "data.batch_size=8", "fit.resume=false"), shards, str(tmp_path / "a"))
+    small = fit(train_cfg("trainer.max_steps=1", "data.batch_size=4", "trainer.accumulate_grad_batches=2",
+                          "fit.resume=false"), shards, str(tmp_path / "b"))
     a, b = load_gpt(big["checkpoint"]).state_dict(), load_gpt(small["checkpoint"]).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     before = GPTLightning(train_cfg()["model"] | {"block_size": 32}, train_cfg()["optim"], 1).model.state_dict()
@@ -105,23 +105,20 @@ def test_a_non_finite_step_that_cannot_be_skipped_stops_training_pointing_at_the
 
 
 def test_global_batch_in_tokens_sets_accumulation():
-    tr = load_config(["trainer=gpu"])["trainer"]
-    assert accumulation({**tr, "devices": 1}, 1024) == 524288 // (16 * 1024) == 32
-    assert accumulation({**tr, "devices": 8}, 1024) == 4
-    assert accumulation({**tr, "global_batch_tokens": None, "accumulate_grad_batches": 3}, 1024) == 3
+    assert accumulation(load_config(["trainer=gpu", "model.block_size=1024"])) == 524288 // (16 * 1024) == 32
+    assert accumulation(load_config(["trainer=gpu", "model.block_size=1024", "trainer.devices=8"])) == 4
+    assert accumulation(load_config(["data.global_batch_tokens=null", "trainer.accumulate_grad_batches=3"])) == 3
 
 
 @pytest.mark.parametrize("trainer, stage, offload", [("deepspeed_zero1", 1, False), ("deepspeed_zero2", 2, False),
                                                       ("deepspeed_zero3", 3, False), ("deepspeed_zero3_offload", 3, True)])
-def test_deepspeed_config_is_generated_from_hydra(trainer, stage, offload):
-    tr = load_config([f"trainer={trainer}"])["trainer"]
-    config = deepspeed_config(tr["deepspeed"])
-    assert config["zero_optimization"]["stage"] == stage
-    assert ("offload_optimizer" in config["zero_optimization"]) == offload
-    assert ("offload_param" in config["zero_optimization"]) == offload
-    assert config["zero_force_ds_cpu_optimizer"] is False  # torch's fused AdamW, no DeepSpeed JIT build
-    strategy = make_strategy(tr)
-    assert type(strategy).__name__ == "DeepSpeedStrategy" and strategy.config["zero_optimization"]["stage"] == stage
+def test_a_deepspeed_trainer_is_instantiated_from_its_config(trainer, stage, offload, tmp_path):
+    cfg = load_config([f"trainer={trainer}", "logger=none", "trainer.accelerator=cpu", "trainer.precision=32-true"])
+    strategy = make_trainer(cfg, tmp_path, False, []).strategy
+    zero = strategy.config["zero_optimization"]
+    assert type(strategy).__name__ == "DeepSpeedStrategy" and zero["stage"] == stage
+    assert ("offload_optimizer" in zero) == offload and ("offload_param" in zero) == offload
+    assert strategy.config["zero_force_ds_cpu_optimizer"] is False  # torch's fused AdamW, no DeepSpeed JIT build
 
 
 def test_checkpoint_exports_to_a_folder_transformers_loads(shards, tmp_path):
@@ -212,9 +209,9 @@ def test_the_fast_path_learns_what_the_eager_fp32_path_learns(shards, tmp_path):
     the two within 0.1% of each other up to step 12): 2e-3 keeps the run stable, so that the check is
     of the math, not of chaos."""
     losses = {}
-    for name, overrides in {"eager fp32": [], "fast": ["trainer.compile=true", "trainer.precision=bf16-mixed"]}.items():
+    for name, overrides in {"eager fp32": [], "fast": ["fit.compile=true", "trainer.precision=bf16-mixed"]}.items():
         recorder = LossRecorder()
-        fit(train_cfg("trainer.max_steps=50", "trainer.resume=false", "optim.lr=2e-3", *overrides), shards,
+        fit(train_cfg("trainer.max_steps=50", "fit.resume=false", "optim.lr=2e-3", *overrides), shards,
             str(tmp_path / name), [recorder])
         losses[name] = np.mean([recorder.losses[s] for s in range(46, 51)])  # the last 5 steps: less noise
     assert losses["fast"] == pytest.approx(losses["eager fp32"], rel=0.01), losses
