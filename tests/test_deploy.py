@@ -126,7 +126,7 @@ def form_field(page, name: str):
 
 def submitted_run(client, deployment_id, before: set) -> dict:
     """The parameters of the flow run the form created (polled: the page posts it in the background)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id and r.id not in before]
         if runs:
@@ -137,6 +137,8 @@ def submitted_run(client, deployment_id, before: set) -> dict:
 
 
 def test_the_train_form_in_a_browser_presets_conf_and_submits_only_what_was_changed(server, browser):
+    from playwright.sync_api import expect
+
     ui = server.removesuffix("/api")
     page = browser.new_page(viewport={"width": 1300, "height": 1800})
     with get_client(sync_client=True) as client:
@@ -145,10 +147,11 @@ def test_the_train_form_in_a_browser_presets_conf_and_submits_only_what_was_chan
             client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=True))  # the worker must not run these
             before = {r.id for r in client.read_flow_runs()}
             page.goto(f"{ui}/deployments/deployment/{deployment.id}/run")
+            expect(form_field(page, "overrides")).to_be_visible(timeout=30_000)  # the form has rendered
             if name == "train":
-                assert form_field(page, "model").locator(".p-select-button__value").inner_text() == "gpt2-tiny"
-                assert form_field(page, "trainer").locator(".p-select-button__value").inner_text() == "cpu"
-                assert form_field(page, "max_steps").locator("input").input_value() == ""
+                expect(form_field(page, "model").locator(".p-select-button__value")).to_have_text("gpt2-tiny")
+                expect(form_field(page, "trainer").locator(".p-select-button__value")).to_have_text("cpu")
+                expect(form_field(page, "max_steps").locator("input")).to_have_value("")
                 form_field(page, "model").locator(".p-select-button__control").click()
                 page.keyboard.press("ArrowDown")
                 page.get_by_role("option", name="gpt2", exact=True).click()
