@@ -25,12 +25,12 @@ from tasks.corpus.dumpfile import BadDump, dump_format
 from tasks.corpus.neardup import Source, dropped, offsets
 from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
 from tasks.corpus.prefect_tasks import candidates_task, confirm_task, fetch_task, finish_task, shard_task, urls_task
-from tasks.corpus.shards import plan_warc_shards
+from tasks.corpus.shards import ShardPlan, ShardResult, plan_warc_shards
 from tasks.corpus.step import enabled_steps
 from tasks.errors import MissingInput, UserError
 
 
-def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[dict], list[PrefectFuture], list]:
+def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[ShardPlan], list[PrefectFuture], list]:
     """URL shards from the dumps, each fetched into its own WARC and then run through the steps."""
     c = cfg["corpus"]
     urls = store_task(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
@@ -41,16 +41,15 @@ def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[
     for i, urls_path in enumerate(urls["shards"]):
         pages = work / "pages" / f"{i:05d}"
         fetches.append(fetch.submit(urls_path, str(pages), c["fetch"], proxy))
-        plan.append({"id": f"{i:05d}", "warc": str(pages / "pages.warc.gz"), "start": 0, "end": None,
-                     "urls": urls_path})
+        plan.append(ShardPlan(f"{i:05d}", str(pages / "pages.warc.gz"), urls=urls_path))
     return plan, fetches, [urls]
 
 
-def run_shards(cfg: dict[str, Any], plan: list[dict], wait_for: list[PrefectFuture]) -> list[dict[str, Any]]:
+def run_shards(cfg: dict[str, Any], plan: list[ShardPlan], wait_for: list[PrefectFuture]) -> list[ShardResult]:
     """The per-document steps, one task per shard, each after its shard's fetch when there is one."""
     c = cfg["corpus"]
     task = store_task(shard_task, cfg)
-    futures = [task.submit(shard, storage.join(c["out_dir"], "shards", shard["id"]), c["pipeline"], c["dedup"],
+    futures = [task.submit(shard, storage.join(c["out_dir"], "shards", shard.id), c["pipeline"], c["dedup"],
                            c["max_error_share"], cfg["refresh"], wait_for=wait_for[i:i + 1])
                for i, shard in enumerate(plan)]
     return wait_with_progress(futures, "shards", upstream=wait_for)
@@ -75,21 +74,21 @@ def band_groups(bands: int, workers: int) -> list[list[int]]:
 
 def dedup_phases(cfg: dict[str, Any], sources: list[Source], n_new: int) -> np.ndarray:
     """The dedup phases: candidates per band, exact confirmation per new shard, then the decision."""
-    d, as_dicts = cfg["corpus"]["dedup"], [s.__dict__ for s in sources]
+    d = cfg["corpus"]["dedup"]
     pairs_dir = storage.join(cfg["corpus"]["out_dir"], "dedup")
     workers = cluster_threads() or cfg["runner"]["max_workers"]
     candidates = store_task(candidates_task, cfg)
-    groups = wait_with_progress([candidates.submit(as_dicts, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
+    groups = wait_with_progress([candidates.submit(sources, g, pairs_dir, d["max_bucket"], d["chunk_docs"])
                                  for g in band_groups(d["bands"], workers)], "dedup bands")
     bands = [band for group in groups for band in group]
     slices = [[(band["path"], band["bounds"][s], band["bounds"][s + 1]) for band in bands]
               for s in range(len(sources) - n_new, len(sources))]
-    confirmed = wait_with_progress([store_task(confirm_task, cfg).submit(shard, as_dicts, d["threshold"], d["ngram"])
+    confirmed = wait_with_progress([store_task(confirm_task, cfg).submit(shard, sources, d["threshold"], d["ngram"])
                                     for shard in slices], "dedup confirm")
     return dropped(np.array([p for part in confirmed for p in part], dtype=np.int64).reshape(-1, 2))
 
 
-def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source], drop: np.ndarray) -> list[dict]:
+def tokenize_shards(cfg: dict[str, Any], plan: list[ShardPlan], sources: list[Source], drop: np.ndarray) -> list[dict]:
     """Filter and tokenize every new shard; returns each shard's token files and counters."""
     c, tokens = cfg["corpus"], token_dir(cfg)
     starts, first = offsets(sources), len(sources) - len(plan)
@@ -98,7 +97,7 @@ def tokenize_shards(cfg: dict[str, Any], plan: list[dict], sources: list[Source]
         lo, hi = starts[first + i], starts[first + i + 1]
         return (drop[(drop >= lo) & (drop < hi)] - lo).tolist()
 
-    futures = [store_task(finish_task, cfg).submit(source.__dict__, local(i), tokens, shard["id"], c["tokenize"],
+    futures = [store_task(finish_task, cfg).submit(source, local(i), tokens, shard.id, c["tokenize"],
                                                    cfg["refresh"])
                for i, (shard, source) in enumerate(zip(plan, sources[first:]))]
     return wait_with_progress(futures, "tokenize")
@@ -136,7 +135,7 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
             plan, fetches, early = plan_warc_shards(c["warc_files"], c["shard_bytes"]), [], []
         processed = run_shards(cfg, plan, fetches)
         early += [f.result() for f in fetches]
-    sources = earlier_sources(c["dedup"]["against"]) + [Source(**p["source"]) for p in processed]
+    sources = earlier_sources(c["dedup"]["against"]) + [p["source"] for p in processed]
     finished = tokenize_shards(cfg, plan, sources, dedup_phases(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)
     changed = write_manifest(cfg, finished, stats)

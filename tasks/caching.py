@@ -9,29 +9,38 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect.cache_policies import CachePolicy
+from pydantic import TypeAdapter
 
 from tasks import storage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _file_keys(value: Any) -> Any:
-    """Paths or store URLs of existing files or folders (strings with a `/`), alone, in lists or in
-    dicts, replaced by their `file_key`: names, sizes and mtimes (or ETags), never a hash of the bytes
-    (inputs are many GB at scale)."""
+    """Paths or store URLs of existing files or folders (strings with a `/`), alone, in lists, dicts or
+    records (dataclasses), replaced by their `file_key`: names, sizes and mtimes (or ETags), never a
+    hash of the bytes (inputs are many GB at scale)."""
     if isinstance(value, (list, tuple)):
         return [_file_keys(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        value = as_json(value)
     if isinstance(value, dict):
         return {k: _file_keys(v) for k, v in value.items()}
     is_file = (isinstance(value, str) and "/" in value and not value.startswith(("http://", "https://"))
                and storage.exists(value))
     return storage.file_key(value) if is_file else value
+
+
+def as_json(value: Any) -> Any:
+    """A record (a dataclass) as the dict JSON holds; anything else as its text."""
+    return {f.name: getattr(value, f.name) for f in fields(value)} if is_dataclass(value) else str(value)
 
 
 def targets(value: Any) -> list[ModuleType]:
@@ -94,20 +103,21 @@ def fingerprint(inputs: dict[str, Any], files: tuple[str, ...], module: ModuleTy
     `file_key`) and of the code that runs: `module`, the modules its inputs name by `_target_`, and the
     project modules these use."""
     keyed = {k: _file_keys(v) if k in files else v for k, v in inputs.items()}
-    payload = json.dumps([keyed, code_version(module, *targets(inputs))], sort_keys=True, default=str)
+    payload = json.dumps([keyed, code_version(module, *targets(inputs))], sort_keys=True, default=as_json)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def once(marker: str, inputs: dict[str, Any], files: tuple[str, ...], code: Callable, force: bool,
-         work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+         work: Callable[[], T], result_type: Any = dict[str, Any]) -> T:
     """`work()`'s result, reused from the done marker when that was written for the same inputs (the
     files named in `files` by size and mtime), settings and `code`'s module; otherwise computed, then
-    the marker written last, so a stage killed half-way has none and is redone."""
-    key = fingerprint(inputs, files, inspect.getmodule(code))
+    the marker written last, so a stage killed half-way has none and is redone. The marker holds the
+    result as JSON, read back as `result_type` (records inside it included)."""
+    key, as_type = fingerprint(inputs, files, inspect.getmodule(code)), TypeAdapter(result_type)
     if not force and storage.exists(marker):
         saved = json.loads(storage.read_text(marker))
         if saved.get("fingerprint") == key:
-            return saved["result"]
+            return as_type.validate_python(saved["result"])
     result = work()
-    storage.write_text(marker, json.dumps({"fingerprint": key, "result": result}))
+    storage.write_text(marker, json.dumps({"fingerprint": key, "result": as_type.dump_python(result, mode="json")}))
     return result

@@ -269,7 +269,7 @@ def chaos_run(work: Path, seed: int = 1, rate: float = 0.2, pages: int = 1200, f
             chaos.proxy.outage(target_key, at_first_get=True)  # once the first of its shards starts reading it
             runs.append(chaos.corpus("chaos-1-outage", out, warcs, shard_bytes, rate, kill_a_worker))
             chaos.proxy.outage(None)
-            hit = [s["id"] for s in plan_warc_shards(warcs, shard_bytes) if s["warc"] == target]
+            hit = [s.id for s in plan_warc_shards(warcs, shard_bytes) if s.warc == target]
             result["outage"] = {"object": target, "exit": runs[-1].code, "named": target in runs[-1].last_line,
                                 "markers left": [i for i in hit if chaos.fs.exists(f"{BUCKET}/chaos/shards/{i}/done.json")]}
             result["worker killed holding"] = killed[0] if killed else []

@@ -16,7 +16,7 @@ from flows.common import load_config
 from tasks.corpus.document import Document, write_documents
 from tasks.corpus.extract import Extract
 from tasks.corpus.warc import warc_records
-from tasks.corpus.shards import shard_pages
+from tasks.corpus.shards import ShardPlan, shard_pages
 from tasks.corpus.fetch import FetchFailed, PageStore, fetch_pages
 from tasks.corpus.prefect_tasks import fetch_task
 from tests import webserver
@@ -92,8 +92,7 @@ def test_charsets_and_binary_pages_end_to_end(web, tmp_path):
     docs = [Document(id=str(i), url=web.url(p)) for i, p in enumerate(paths)]
     write_documents(tmp_path / "urls.jsonl.zst", docs)
     fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), FETCH)
-    shard = {"id": "00000", "warc": str(tmp_path / "fetch" / "pages.warc.gz"), "start": 0, "end": None,
-             "urls": str(tmp_path / "urls.jsonl.zst")}
+    shard = ShardPlan("00000", str(tmp_path / "fetch" / "pages.warc.gz"), urls=str(tmp_path / "urls.jsonl.zst"))
     stats = Counter()
     texts = {d.url: d.text for d in Extract("trafilatura")(shard_pages(shard, stats), stats)}
     assert texts[web.url("/latin1")] == texts[web.url("/mislabelled")] == "Café crème à la française, déjà vu."

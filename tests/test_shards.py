@@ -6,6 +6,7 @@ import os
 from collections import Counter
 
 import numpy as np
+from pydantic import TypeAdapter
 import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -17,7 +18,7 @@ from tasks.corpus.document import Document, read_documents
 from tasks.corpus.warc import warc_records
 from tasks.corpus.quality import Quality
 from tasks.corpus.prefect_tasks import shard_task
-from tasks.corpus.shards import plan_warc_shards
+from tasks.corpus.shards import ShardPlan, ShardResult, plan_warc_shards
 from tasks.corpus.step import Step, StepFailed, build_steps, check_errors, funnel_rows
 from tests.test_dedup import story
 
@@ -39,12 +40,12 @@ def test_byte_range_shards_read_every_record_exactly_once(tmp_path, name):
     size = (tmp_path / name).stat().st_size
     shards = plan_warc_shards([str(tmp_path / name)], -(-size // 5))  # ceil: exactly 5 ranges
     assert len(shards) == 5
-    per_shard = [[url for _, url, _ in warc_records(tmp_path / name, s["start"], s["end"])] for s in shards]
+    per_shard = [[url for _, url, _ in warc_records(tmp_path / name, s.start, s.end)] for s in shards]
     assert [url for urls in per_shard for url in urls] == [f"https://example.com/{i}" for i in range(40)]
     assert all(len(urls) >= 6 for urls in per_shard)  # each range holds its own records
 
 
-def shard_of(tmp_path) -> dict:
+def shard_of(tmp_path) -> ShardPlan:
     write_warc(tmp_path / "a.warc.gz", 6)
     return plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
 
@@ -59,8 +60,8 @@ def test_a_finished_shard_is_reused_and_a_changed_one_redone(tmp_path):
     assert os.stat(out / "docs.jsonl.zst").st_mtime_ns == written  # reused from its done marker
     cfg["pipeline"]["language"]["keep"] = ["de"]  # other settings: the marker no longer matches
     redone = shard_task.fn(shard, str(out), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"])
-    assert redone["stats"]["language/other_language"] == 6 and redone["source"]["n"] == 0
-    assert json.loads((out / "done.json").read_text())["result"] == redone
+    assert redone["stats"]["language/other_language"] == 6 and redone["source"].n == 0
+    assert TypeAdapter(ShardResult).validate_python(json.loads((out / "done.json").read_text())["result"]) == redone
 
 
 def test_a_killed_shard_leaves_no_marker_and_is_redone(tmp_path):
@@ -69,7 +70,7 @@ def test_a_killed_shard_leaves_no_marker_and_is_redone(tmp_path):
     out.mkdir()
     (out / "docs.jsonl.zst").write_bytes(b"half a file")  # what a kill -9 leaves behind
     result = shard_task.fn(shard, str(out), cfg["pipeline"], cfg["dedup"], cfg["max_error_share"])
-    assert len(list(read_documents(out / "docs.jsonl.zst"))) == result["source"]["n"] == 6
+    assert len(list(read_documents(out / "docs.jsonl.zst"))) == result["source"].n == 6
 
 
 class Shouty(Step):
@@ -120,6 +121,27 @@ def test_cache_keys_follow_size_and_mtime_without_reading_the_bytes(tmp_path):
     path.write_bytes(b"b" * 1001)
     os.utime(path, ns=(1, 1))
     assert file_key(path) != touched
+
+
+def test_a_cache_key_sees_the_files_a_record_names(tmp_path):
+    from tasks.caching import fingerprint
+    from tasks.corpus import neardup
+
+    warc, docs = tmp_path / "a.warc.gz", tmp_path / "docs.jsonl.zst"
+    warc.write_bytes(b"x" * 10)
+    docs.write_bytes(b"y" * 10)
+
+    def key() -> str:
+        inputs = {"shard": ShardPlan("00000", str(warc)), "sources": [neardup.Source(str(docs), str(docs), 1)]}
+        return fingerprint(inputs, ("shard", "sources"), neardup)
+
+    before = key()
+    assert key() == before
+    os.utime(warc, ns=(1, 1))  # a record's file changed: a new key
+    assert key() != before
+    changed = key()
+    docs.write_bytes(b"y" * 11)  # a file inside a list of records, too
+    assert key() != changed
 
 
 @pytest.fixture

@@ -189,13 +189,12 @@ def write_band_pairs(sources: list[Source], band: int, max_bucket: int, chunk_do
     return np.concatenate(([0], np.cumsum(counts))).tolist()
 
 
-def bands_pairs(sources: list[dict], bands: list[int], out_dir: str, max_bucket: int,
+def bands_pairs(sources: list[Source], bands: list[int], out_dir: str, max_bucket: int,
                 chunk_docs: int) -> list[dict]:
     """`write_band_pairs` for some bands, one after another, each to `out_dir`/pairs-BBB.npy; returns
     each band's pair file and its row bounds per source."""
-    parts = [Source(**s) for s in sources]
     paths = [storage.join(out_dir, f"pairs-{band:03d}.npy") for band in bands]
-    return [{"path": path, "bounds": write_band_pairs(parts, band, max_bucket, chunk_docs, path)}
+    return [{"path": path, "bounds": write_band_pairs(sources, band, max_bucket, chunk_docs, path)}
             for band, path in zip(bands, paths)]
 
 
@@ -247,10 +246,10 @@ def confirm(pairs: np.ndarray, sources: list[Source], threshold: float, ngram: i
     return above_threshold(pairs, grams, threshold)
 
 
-def confirm_slices(slices: list[tuple[str, int, int]], sources: list[dict], threshold: float,
+def confirm_slices(slices: list[tuple[str, int, int]], sources: list[Source], threshold: float,
                    ngram: int) -> list[list[int]]:
     """`confirm` over the candidate pairs of one shard's slices of the pair files, as plain lists."""
-    return confirm(shard_pairs(slices), [Source(**s) for s in sources], threshold, ngram).tolist()
+    return confirm(shard_pairs(slices), sources, threshold, ngram).tolist()
 
 
 def above_threshold(pairs: np.ndarray, grams: dict[int, np.ndarray], threshold: float) -> np.ndarray:

@@ -12,7 +12,7 @@ from tasks.caching import FilesAndCode, once
 from tasks.cluster import on_cluster
 from tasks.corpus.fetch import fetch_to_warc
 from tasks.corpus.neardup import Source, bands_pairs, confirm_slices
-from tasks.corpus.shards import finish_shard, process_shard
+from tasks.corpus.shards import ShardPlan, ShardResult, finish_shard, process_shard
 from tasks.corpus.urls import write_url_shards
 
 
@@ -34,17 +34,17 @@ def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None 
 
 
 @task(name="shard", cache_policy=FilesAndCode(files=("shard", "pipeline"), exclude=("force",), code=process_shard))
-def shard_task(shard: dict[str, Any], out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
-               max_error_share: float, force: bool = False) -> dict[str, Any]:
+def shard_task(shard: ShardPlan, out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
+               max_error_share: float, force: bool = False) -> ShardResult:
     """The per-document steps over one shard, reusing its done marker unless `force`; StepFailed
     (and no marker) when a step raised on more than `max_error_share` of its documents."""
     return once(storage.join(out_dir, "done.json"), {"shard": shard, "pipeline": pipeline, "dedup": dedup},
                 ("shard", "pipeline"), process_shard, force,
-                lambda: on_cluster(process_shard, shard, out_dir, pipeline, dedup, max_error_share))
+                lambda: on_cluster(process_shard, shard, out_dir, pipeline, dedup, max_error_share), ShardResult)
 
 
 @task(name="dedup-candidates", cache_policy=FilesAndCode(files=("sources",), code=bands_pairs))
-def candidates_task(sources: list[dict[str, Any]], bands: list[int], out_dir: str, max_bucket: int,
+def candidates_task(sources: list[Source], bands: list[int], out_dir: str, max_bucket: int,
                     chunk_docs: int) -> list[dict[str, Any]]:
     """Candidate pairs (earlier, later) of some LSH bands, one after another, in global document
     numbers, each written to its band's pair file grouped by the later document's shard; returns
@@ -53,7 +53,7 @@ def candidates_task(sources: list[dict[str, Any]], bands: list[int], out_dir: st
 
 
 @task(name="dedup-confirm", cache_policy=FilesAndCode(files=("slices",), code=confirm_slices))
-def confirm_task(slices: list[tuple[str, int, int]], sources: list[dict[str, Any]], threshold: float,
+def confirm_task(slices: list[tuple[str, int, int]], sources: list[Source], threshold: float,
                  ngram: int) -> list[list[int]]:
     """The candidate pairs in one shard's slices of the pair files whose exact Jaccard is above the
     threshold. Keyed by the pair files: they are rewritten whenever any shard changes."""
@@ -61,9 +61,9 @@ def confirm_task(slices: list[tuple[str, int, int]], sources: list[dict[str, Any
 
 
 @task(name="tokenize", cache_policy=FilesAndCode(files=("source",), exclude=("force",), code=finish_shard))
-def finish_task(source: dict[str, Any], drop: list[int], tokens_dir: str, shard_id: str,
+def finish_task(source: Source, drop: list[int], tokens_dir: str, shard_id: str,
                 tokenize: dict[str, Any], force: bool = False) -> dict[str, Any]:
     """Filter one shard's near-duplicates and tokenize it, reusing its done marker unless `force`."""
     return once(storage.join(tokens_dir, f"done-{shard_id}.json"), {"source": source, "drop": drop, "tokenize": tokenize},
                 ("source",), finish_shard, force,
-                lambda: on_cluster(finish_shard, Source(**source), drop, tokens_dir, shard_id, tokenize))
+                lambda: on_cluster(finish_shard, source, drop, tokens_dir, shard_id, tokenize))

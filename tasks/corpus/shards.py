@@ -12,10 +12,12 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import TypedDict  # the one pydantic reads on Python 3.11 (done markers)
 
 from tasks import storage
 from tasks.storage import StoreError
@@ -28,7 +30,26 @@ from tasks.corpus.warc import warc_records
 log = logging.getLogger(__name__)
 
 
-def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard of pages: the records of `warc` that start in [start, end) (end None: to the file's
+    end) and, for fetched pages, the URL stage's documents (`urls`), which give the corpus order."""
+
+    id: str
+    warc: str
+    start: int = 0
+    end: int | None = None
+    urls: str | None = None
+
+
+class ShardResult(TypedDict):
+    """What the per-document steps leave of one shard: its documents for dedup, and its counters."""
+
+    source: Source
+    stats: dict[str, int]
+
+
+def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[ShardPlan]:
     """Cut WARC files into shards by byte ranges of about `shard_bytes`: a record belongs to the
     shard in which it starts, so every record is read by exactly one shard."""
     shards = []
@@ -37,8 +58,7 @@ def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[dict[str, 
         parts = max(1, math.ceil(size / shard_bytes))
         for k in range(parts):
             end = None if k == parts - 1 else (k + 1) * shard_bytes
-            shards.append({"id": f"{len(shards):05d}", "warc": str(path), "start": k * shard_bytes, "end": end,
-                           "urls": None})
+            shards.append(ShardPlan(f"{len(shards):05d}", str(path), k * shard_bytes, end))
     return shards
 
 
@@ -66,17 +86,17 @@ class Progress:
                  self.done / max(elapsed, 1e-9))
 
 
-def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
+def shard_pages(shard: ShardPlan, stats: Counter) -> Iterator[Document]:
     """The shard's pages as documents carrying their HTML: with the URL stage's documents when the
     pages were fetched, or new documents for each URL when the WARC files came from elsewhere. A
     damaged WARC keeps the pages before the damage (`warc/damaged_file`); a StoreError (the store
     or disk failed after every retry) fails the shard instead."""
-    by_url = {d.url: d for d in read_documents(shard["urls"])} if shard["urls"] else None
-    span = (shard["end"] or storage.size(shard["warc"])) - shard["start"]
-    progress = Progress(shard["id"], len(by_url) if by_url is not None else None)
+    by_url = {d.url: d for d in read_documents(shard.urls)} if shard.urls else None
+    span = (shard.end or storage.size(shard.warc)) - shard.start
+    progress = Progress(shard.id, len(by_url) if by_url is not None else None)
     try:
-        for offset, url, html in warc_records(shard["warc"], shard["start"], shard["end"]):
-            progress.update(None if by_url is not None else (offset - shard["start"]) / max(span, 1))
+        for offset, url, html in warc_records(shard.warc, shard.start, shard.end):
+            progress.update(None if by_url is not None else (offset - shard.start) / max(span, 1))
             doc = Document(id=url_id(url), url=url) if by_url is None else by_url.pop(url, None)
             if doc is not None:
                 doc.html = html
@@ -85,8 +105,8 @@ def shard_pages(shard: dict[str, Any], stats: Counter) -> Iterator[Document]:
         raise
     except Exception as err:  # a damaged WARC keeps what was read before the damage
         stats["warc/damaged_file"] += 1
-        log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard["id"],
-                    shard["warc"], progress.done, type(err).__name__, err)
+        log.warning("shard %s: %s is damaged after %d pages (%s: %s); kept those", shard.id,
+                    shard.warc, progress.done, type(err).__name__, err)
     progress.finish()
 
 
@@ -97,27 +117,27 @@ def with_band_keys(docs: Iterator[Document], dedup: dict[str, Any], keys: list[n
         yield doc
 
 
-def process_shard(shard: dict[str, Any], out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
-                  max_error_share: float) -> dict[str, Any]:
+def process_shard(shard: ShardPlan, out_dir: str, pipeline: dict[str, dict[str, Any]], dedup: dict[str, Any],
+                  max_error_share: float) -> ShardResult:
     """Run the pipeline's steps over one shard's pages; write the kept documents and their LSH band
     keys. StepFailed when a step raised on more than `max_error_share` of its documents."""
     with storage.staged_folder(out_dir) as local:
         n, stats = write_shard(shard, local, build_steps(pipeline), dedup, max_error_share)
-    return {"source": Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n).__dict__,
-            "stats": dict(stats)}
+    return ShardResult(source=Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n),
+                       stats=dict(stats))
 
 
-def write_shard(shard: dict[str, Any], out_dir: Path, steps: list[Step], dedup: dict[str, Any],
+def write_shard(shard: ShardPlan, out_dir: Path, steps: list[Step], dedup: dict[str, Any],
                 max_error_share: float) -> tuple[int, Counter]:
     """`process_shard`'s work in a local folder: docs.jsonl.zst and bands.npy; returns (documents, counters)."""
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
     docs = run_steps(shard_pages(shard, stats), steps, stats)
-    if shard["urls"]:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
-        order = {d.url: i for i, d in enumerate(read_documents(shard["urls"]))}
+    if shard.urls:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
+        order = {d.url: i for i, d in enumerate(read_documents(shard.urls))}
         docs = iter(sorted(docs, key=lambda d: order[d.url]))
     n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
-    check_errors(stats, steps, max_error_share, f"shard {shard['id']}")  # before the done marker
+    check_errors(stats, steps, max_error_share, f"shard {shard.id}")  # before the done marker
     np.save(out_dir / "bands.npy", band_table(np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"])))
     return n, stats
 
@@ -162,4 +182,4 @@ def write_tokens(source: Source, drop: list[int], tokens_dir: Path, shard_id: st
     n = write_documents(docs_path, positions_of_kept(routed))
     np.save(bands_path, keep_positions(storage.load_npy(source.bands), rows))  # the keys computed in process_shard
     return {"splits": {split: w.flush() for split, w in writers.items()},
-            "kept": Source(docs_path.name, bands_path.name, n).__dict__, "stats": dict(stats)}
+            "kept": {"docs": docs_path.name, "bands": bands_path.name, "n": n}, "stats": dict(stats)}
