@@ -3,6 +3,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
@@ -11,7 +12,7 @@ from flows.common import load_config, task_runner
 from tests.conftest import run_flow
 from flows.corpus import corpus_flow
 from tasks import storage
-from tasks.cluster import attached, on_cluster
+from tasks.cluster import attached, forwarding, on_cluster
 from tasks.corpus.document import corpus_documents
 from tasks.corpus.report import funnel
 from tasks.corpus.shards import Progress
@@ -66,3 +67,29 @@ def test_work_whose_worker_dies_is_run_again_on_another(cluster, tmp_path):
         pid = on_cluster(dies_the_first_time, str(tmp_path / "died-once"))
         alive = set(cluster[1].run(os.getpid).values())
     assert (tmp_path / "died-once").exists() and pid in alive  # it died once, then ran on a live worker
+
+
+def test_calls_on_many_threads_forward_their_own_records_and_the_others_pass_through(caplog):
+    caplog.set_level(logging.WARNING)
+    log = logging.getLogger("tasks.corpus.example")
+    got: dict[int, list[str]] = {0: [], 1: []}
+    started, done = threading.Barrier(3), threading.Barrier(3)
+
+    def call(n: int) -> None:
+        with forwarding(lambda record: got[n].append(record.getMessage())):
+            started.wait()
+            for i in range(50):
+                log.info("call %d line %d", n, i)
+            done.wait()
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    started.wait()
+    log.warning("from the flow's thread")  # no call in flight here: on to the root logger's handlers
+    log.info("below the root's level")  # dropped, as before forwarding existed
+    done.wait()
+    for t in threads:
+        t.join()
+    assert got == {n: [f"call {n} line {i}" for i in range(50)] for n in (0, 1)}
+    assert [r.getMessage() for r in caplog.records if r.name == log.name] == ["from the flow's thread"]
