@@ -117,9 +117,11 @@ class Sampler:
       and draws CANDIDATES noise values a step, one per column (on a CPU, drawing one per vocabulary
       entry was most of a step's sampling);
     - every other row draws one noise value per vocabulary entry. A row with only a top p races
-      among its CANDIDATES likeliest tokens when its nucleus lies among them (in eager mode: that
-      depends on the logits), each with its own token's noise, so the winner is the one a race over
-      the whole vocabulary would have; the rest race over the whole vocabulary.
+      among its CANDIDATES likeliest tokens when its nucleus lies among them (that depends on the
+      logits), each with its own token's noise, so the winner is the one a race over the whole
+      vocabulary would have; the rest race over the whole vocabulary.
+
+    `GraphSampler`, below, is the variant for a captured decode step.
     """
 
     def __init__(self, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor):
@@ -144,7 +146,7 @@ class Sampler:
 
     def subset(self, rows: list[int]) -> Sampler:
         """The sampler of some of the rows, as a batch of their own."""
-        return Sampler(*(t[rows] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
+        return type(self)(*(t[rows] for t in (self.temperature, self.top_k, self.top_p, self.penalty)))
 
     def settings_changed(self) -> None:
         """Read which filters the rows use, once per change of settings, never in a decode step."""
@@ -157,7 +159,7 @@ class Sampler:
         self.k_limit = torch.where(self.ranked, self.top_k, CANDIDATES)  # columns past it leave the race
         self.nucleus_rows = torch.nonzero(nucleus).flatten()
         self.open_rows = torch.nonzero(~ranked & ~nucleus).flatten()
-        self.unranked_rows = torch.nonzero(~ranked).flatten()  # the open rows under torch.compile
+        self.unranked_rows = torch.nonzero(~ranked).flatten()  # the open rows of a captured step
         self.k_largest = int(k.max())
         self.uses_top_p = bool((p < 1).any())
         self.penalty_rows = torch.nonzero(self.penalty[:, 0] != 1).flatten()
@@ -177,8 +179,6 @@ class Sampler:
         """The logits with the repetition penalty applied to the rows that ask for it."""
         if not self.uses_penalty:
             return logits
-        if torch.compiler.is_compiling():  # a captured graph needs fixed shapes: a pass over the vocabulary
-            return penalise_repeats(logits, seen, self.penalty)
         # the few tokens seen so far, not the vocabulary: a tenth of the time on a CPU
         rows, columns = (seen if self.all_penalty else seen[self.penalty_rows]).nonzero(as_tuple=True)
         rows = rows if self.all_penalty else self.penalty_rows[rows]
@@ -189,8 +189,7 @@ class Sampler:
         penalised, divided by the temperature, what top-k and top-p leave out at -inf."""
         logits = self.penalised(logits, seen)
         temperature = torch.where(self.greedy, 1.0, self.temperature)
-        nucleus_rows = self.nucleus_rows[:0] if torch.compiler.is_compiling() else self.nucleus_rows
-        open_rows = self.unranked_rows if torch.compiler.is_compiling() else self.open_rows
+        nucleus_rows, open_rows = self.race_rows()
         scores = ids = None
         if self.ranked_rows.numel() or nucleus_rows.numel():
             scores, ids = self.candidates(logits, nucleus_rows)
@@ -200,6 +199,11 @@ class Sampler:
                 scores, short = self.nucleus_of_candidates(scores, logits, temperature, nucleus_rows)
                 open_rows = torch.cat([open_rows, short]).sort().values if short.numel() else open_rows
         return Race(scores, ids, open_rows, self.open_scores(logits, temperature, open_rows))
+
+    def race_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows with only a top p, which look for their nucleus among their candidates, and the
+        rows that race over the whole vocabulary."""
+        return self.nucleus_rows, self.open_rows
 
     def candidates(self, logits: torch.Tensor, nucleus_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's likeliest tokens, largest first: the k of the largest top k among ranked rows
@@ -267,6 +271,19 @@ class Sampler:
         return self.choose(self.race(logits, seen), noise)
 
 
+class GraphSampler(Sampler):
+    """`Sampler` inside a captured decode step (torch.compile, CUDA graphs on a GPU), where every
+    shape is fixed before the step runs: the repetition penalty is one pass over the vocabulary, and
+    a row with only a top p races over the whole vocabulary at once (where its nucleus lies depends
+    on the logits). It picks the same tokens as `Sampler` from the same noise."""
+
+    def penalised(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        return penalise_repeats(logits, seen, self.penalty) if self.uses_penalty else logits
+
+    def race_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.nucleus_rows[:0], self.unranked_rows
+
+
 def decode_step(model: torch.nn.Module, sampler: Sampler, token: torch.Tensor, cache, seen: torch.Tensor | None,
                 noise: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
     """One token per row after `token`: finished rows only pad with <|endoftext|>. Updates the cache,
@@ -293,7 +310,8 @@ def generate(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, tem
     if max_new_tokens == 0:
         return ids
     batch, block, vocab = ids.shape[0], model.config.block_size, model.config.vocab_size
-    sampler = Sampler.alike(batch, ids.device, temperature, top_k, top_p, repetition_penalty)
+    sampler = (GraphSampler if compile else Sampler).alike(batch, ids.device, temperature, top_k, top_p,
+                                                           repetition_penalty)
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
