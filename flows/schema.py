@@ -1,4 +1,6 @@
-"""The typed shape of the Hydra config: every group's keys, types and allowed ranges.
+"""The typed shape of the Hydra config: every group's keys, types and allowed ranges (`trainer`'s
+keys are pytorch_lightning.Trainer's arguments: those the code reads are typed here, and the train
+command checks every one against the Trainer's signature).
 
 `check(cfg)` runs after Hydra composes a config and before any flow starts; a wrong type, an unknown
 key or a value out of range becomes one `ConfigError` line naming the key, the value and what is
