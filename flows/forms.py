@@ -108,13 +108,14 @@ def preset(key: str) -> Any:
 
 @cache
 def by_choice(group: str, key: str) -> str:
-    """`key`'s value under each option of `group`, for a description: '300 for cpu; 5000 for ddp, gpu'."""
+    """`key`'s value under each option of `group`, for a description: '300 for cpu; 5000 for ddp, gpu'.
+    Each option is composed alone (with its own defaults), a third of the time of the whole config."""
     from hydra import compose, initialize_config_dir
 
     values: dict[str, list[str]] = {}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in choices(group).__args__:
-            config = compose(config_name="config", overrides=[f"{group}={option}"])
+            config = compose(config_name=f"{group}/{option}")
             values.setdefault(str(OmegaConf.select(config, key)), []).append(option)
     return "; ".join(f"{value} for {', '.join(options)}" for value, options in values.items())
 

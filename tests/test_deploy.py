@@ -141,30 +141,33 @@ def test_the_train_form_in_a_browser_presets_conf_and_submits_only_what_was_chan
 
     ui = server.removesuffix("/api")
     page = browser.new_page(viewport={"width": 1300, "height": 1800})
+    page.set_default_timeout(60_000)  # the UI's first load, on a busy machine
     with get_client(sync_client=True) as client:
-        for name in FLOWS:  # untouched: no override, so exactly conf/'s defaults
-            deployment = client.read_deployment_by_name(f"{name}/{name}")
-            client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=True))  # the worker must not run these
-            before = {r.id for r in client.read_flow_runs()}
-            page.goto(f"{ui}/deployments/deployment/{deployment.id}/run")
-            expect(form_field(page, "overrides")).to_be_visible(timeout=30_000)  # the form has rendered
-            if name == "train":
-                expect(form_field(page, "model").locator(".p-select-button__value")).to_have_text("gpt2-tiny")
-                expect(form_field(page, "trainer").locator(".p-select-button__value")).to_have_text("cpu")
-                expect(form_field(page, "max_steps").locator("input")).to_have_value("")
-                form_field(page, "model").locator(".p-select-button__control").click()
-                page.keyboard.press("ArrowDown")
-                page.get_by_role("option", name="gpt2", exact=True).click()
-                form_field(page, "max_steps").locator("input").fill("5")
-            page.get_by_role("button", name="Submit").click()
-            parameters = submitted_run(client, deployment.id, before)
+        client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=True))  # the worker must not run these
+        try:
+            for name in FLOWS:
+                deployment = client.read_deployment_by_name(f"{name}/{name}")
+                before = {r.id for r in client.read_flow_runs()}
+                page.goto(f"{ui}/deployments/deployment/{deployment.id}/run")
+                expect(form_field(page, "overrides")).to_be_visible()  # the form has rendered
+                if name == "train":
+                    expect(form_field(page, "model").locator(".p-select-button__value")).to_have_text("gpt2-tiny")
+                    expect(form_field(page, "trainer").locator(".p-select-button__value")).to_have_text("cpu")
+                    expect(form_field(page, "max_steps").locator("input")).to_have_value("")
+                    form_field(page, "model").locator(".p-select-button__control").click()
+                    page.keyboard.press("ArrowDown")
+                    page.get_by_role("option", name="gpt2", exact=True).click()
+                    form_field(page, "max_steps").locator("input").fill("5")
+                page.get_by_role("button", name="Submit").click()
+                parameters = submitted_run(client, deployment.id, before)
+                overrides = form_overrides(flow_function(name), parameters) + parameters["overrides"]
+                if name == "train":
+                    assert (parameters["model"], parameters["max_steps"]) == ("gpt2", 5)
+                    assert overrides == ["model=gpt2", "trainer.max_steps=5"]
+                else:  # untouched: no override, so exactly conf/'s defaults
+                    assert overrides == [], name
+        finally:
             client.update_work_pool("opengpt2", WorkPoolUpdate(is_paused=False))
-            overrides = form_overrides(flow_function(name), parameters) + parameters["overrides"]
-            if name == "train":
-                assert (parameters["model"], parameters["max_steps"]) == ("gpt2", 5)
-                assert overrides == ["model=gpt2", "trainer.max_steps=5"]
-            else:
-                assert overrides == [], name
 
 
 def test_refresh_schedule_is_registered_with_its_cron(server):
