@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate bench-playground chaos playground browser serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate bench-playground bench-archive chaos playground browser serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (new
 
 bench-scale: $(STAMP)  ## the corpus flow on N generated WARC pages: local vs Dask 1 and 2 workers, memory, dedup bytes/doc, datatrove beside it (ARGS="N=6000 FILES=8 CHUNK_DOCS=65536 REPEATS=1")
 	$(PY) -m bench.scale $(ARGS)
+
+bench-archive: $(STAMP)  ## bulk lookups in a Common Crawl-shaped columnar index: wall time, rows/s, bytes read, peak memory, checked against brute force (ARGS="ROWS=10000000 FILES=20 URLS=1000000 SHARDS=20 WORKERS=2")
+	$(PY) -m bench.archive $(ARGS)
 
 chaos: $(DEV_STAMP)  ## the corpus on S3 (moto) behind a fault proxy, a worker and the flow killed: nothing lost? (ARGS="seed=1 rate=0.2 pages=1200 files=6")
 	$(PY) -m tests.chaos $(ARGS)

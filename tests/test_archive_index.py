@@ -1,0 +1,120 @@
+"""Bulk lookups in an index laid out like Common Crawl's columnar one (hive partitions, SURT order)."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.corpus import archive_index
+from tasks.corpus.archive_index import (capture_schema, crawl_start, crawls_near, file_ranges, index_files,
+                                        nearest_captures, route_wanted, scan_index_file, surt_key, wanted_table)
+
+DAY = 86400
+
+
+def epoch(day: str) -> int:
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp())
+
+
+def write_index(root: Path, crawl: str, rows: list[tuple], files: int = 2, row_group_size: int = 2) -> None:
+    """Rows (url, day, status, mime) as one crawl's `subset=warc` files, cut in key order."""
+    records = sorted(({"url_surtkey": surt_key(u), "url": u, "fetch_time": dt.datetime.fromisoformat(d).replace(
+        tzinfo=dt.timezone.utc), "fetch_status": s, "content_mime_detected": m, "warc_filename": f"{crawl}/{u[-1]}.warc.gz",
+        "warc_record_offset": 100 * i, "warc_record_length": 50} for i, (u, d, s, m) in enumerate(rows)),
+        key=lambda r: (r["url_surtkey"], r["fetch_time"]))
+    folder = root / f"crawl={crawl}" / "subset=warc"
+    folder.mkdir(parents=True)
+    per_file = -(-len(records) // files)
+    for f in range(files):
+        part = records[f * per_file:(f + 1) * per_file]
+        pq.write_table(pa.Table.from_pylist(part, schema=capture_schema()), folder / f"part-{f:05d}.parquet",
+                       row_group_size=row_group_size)
+
+
+def test_keys_are_written_as_common_crawls_index_sorts_them():
+    assert surt_key("http://www.Example.com:80/Path/a.html?b=2&a=1#top") == "com,example)/path/a.html?a=1&b=2"
+    assert surt_key("https://news.bbc.co.uk/2/hi/uk_news/123.stm") == "uk,co,bbc,news)/2/hi/uk_news/123.stm"
+    assert surt_key("http://example.com") == "com,example)/"
+
+
+def test_a_crawl_id_names_the_week_it_began_and_only_crawls_near_the_dates_are_read():
+    assert crawl_start("CC-MAIN-2019-35") == dt.datetime(2019, 8, 26, tzinfo=dt.timezone.utc)
+    with pytest.raises(ValueError, match="not a Common Crawl crawl id"):
+        crawl_start("CC-MAIN-2019")
+    crawls = ["CC-MAIN-2013-20", "CC-MAIN-2019-30", "CC-MAIN-2019-35", "CC-MAIN-2020-05"]
+    assert crawls_near(crawls, [epoch("2019-08-20")], 30) == ["CC-MAIN-2019-30", "CC-MAIN-2019-35"]
+
+
+@pytest.fixture
+def index(tmp_path):
+    html = "text/html"
+    write_index(tmp_path, "CC-MAIN-2019-35", [
+        ("http://a.example.com/story", "2019-08-27", 200, html),
+        ("http://a.example.com/story", "2019-09-20", 200, html),      # farther from the submission
+        ("http://b.example.com/gone", "2019-08-28", 404, html),       # a status no page comes from
+        ("http://c.example.com/file.pdf", "2019-08-28", 200, "application/pdf"),
+        ("http://d.example.com/late", "2019-12-30", 200, html),       # past max_days
+        ("http://e.example.com/x", "2019-08-29", 200, html),
+        ("http://f.example.com/y", "2019-08-29", 200, html),
+        ("http://g.example.com/z", "2019-08-29", 200, html),
+    ])
+    return tmp_path
+
+
+def test_each_wanted_url_gets_its_nearest_usable_capture_within_max_days(index):
+    urls = ["http://a.example.com/story", "http://b.example.com/gone", "http://c.example.com/file.pdf",
+            "http://d.example.com/late", "http://never.example.org/", "http://www.g.example.com/z"]
+    wanted = wanted_table(urls, [epoch("2019-08-26")] * len(urls))
+    ranges = file_ranges(index_files(str(index), ["CC-MAIN-2019-35"]))
+    assert len(ranges) == 2 and ranges[0].last < ranges[1].first  # the files follow each other in key order
+    captures = pa.concat_tables([scan_index_file(path, part["key"].to_pylist())
+                                 for path, part in route_wanted(wanted, ranges).items()])
+    found = nearest_captures(wanted, captures, max_days=60)
+    by_url = {urls[r]: (t, o) for r, t, o in zip(found["row"].to_pylist(), found["fetch_time"].to_pylist(),
+                                                  found["warc_record_offset"].to_pylist())}
+    assert set(by_url) == {"http://a.example.com/story", "http://www.g.example.com/z"}  # www: the same key
+    assert by_url["http://a.example.com/story"][0].date() == dt.date(2019, 8, 27)  # the nearer of two captures
+
+
+def test_only_the_row_groups_that_may_hold_a_wanted_key_are_read(index, monkeypatch):
+    read = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: read.append(g) or real(self, g, **kw))
+    [first, *_] = index_files(str(index), ["CC-MAIN-2019-35"])
+    groups = archive_index.row_group_ranges(archive_index.footer(first))
+    assert len(groups) > 1
+    found = scan_index_file(first, [groups[-1][0]])  # a key of the last row group alone
+    assert read == [len(groups) - 1] and found.num_rows >= 1
+
+
+def test_the_passes_over_shards_and_files_find_what_one_lookup_finds(index, tmp_path):
+    urls = ["http://a.example.com/story", "http://e.example.com/x", "http://f.example.com/y", "http://nope.example/"]
+    times = [epoch("2019-08-26")] * len(urls)
+    shards = {}
+    for name, part in {"00000": slice(0, 2), "00001": slice(2, 4)}.items():
+        shards[name] = str(tmp_path / f"wanted-{name}.parquet")
+        pq.write_table(pa.table({"url": urls[part], "time": times[part]}), shards[name])
+    out = str(tmp_path / "out")
+    ranges = file_ranges(index_files(str(index), ["CC-MAIN-2019-35"]))
+    routed = {name: archive_index.route_shard(path, ranges, out, name) for name, path in shards.items()}
+    scanned = [archive_index.scan_for_shards(r.path, {s: routed[s][r.path] for s in routed if r.path in routed[s]},
+                                             out, n) for n, r in enumerate(ranges)]
+    found = {name: archive_index.nearest_for_shard(out, name, [s[name] for s in scanned if name in s], 60)
+             for name in shards}
+    assert {name: table["url"].to_pylist() for name, table in found.items()} == {
+        "00000": ["http://a.example.com/story", "http://e.example.com/x"], "00001": ["http://f.example.com/y"]}
+    keys = sorted(map(surt_key, urls))
+    whole = nearest_captures(wanted_table(urls, times),
+                             pa.concat_tables([scan_index_file(r.path, keys) for r in ranges]), 60)
+    assert sorted(whole["url"].to_pylist()) == sorted(u for t in found.values() for u in t["url"].to_pylist())
+
+
+def test_the_benchmark_finds_every_nearest_capture_the_brute_force_finds(capsys):
+    from bench.archive import main
+
+    main(["ROWS=20000", "FILES=3", "URLS=2000", "SHARDS=2", "WORKERS=1"])
+    out = capsys.readouterr().out
+    assert "ours equal" in out and "2,000 URLs against 20,000 index rows" in out
