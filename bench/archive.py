@@ -1,9 +1,9 @@
 """Bulk lookups in a Common Crawl-shaped columnar index: ROWS captures in FILES Parquet files of one
 crawl (`crawl=…/subset=warc`, SURT order, the index's column names and types), URLS wanted URLs
-(half of them captured) in SHARDS shards, looked up by the passes of `tasks/corpus/archive_index.py`
+(half of them captured) in shards of SHARD_URLS, as the corpus cuts its URLs, looked up by the passes of `tasks/corpus/archive_index.py`
 on a Dask cluster of WORKERS processes.
 
-    python -m bench.archive ROWS=10000000 FILES=20 URLS=1000000 SHARDS=20 WORKERS=2
+    python -m bench.archive ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2
 
 Prints the wall time of each pass, index rows scanned per second, the bytes read against the index
 size, the peak memory of the whole process tree (Dask workers included), and checks every nearest
@@ -112,7 +112,7 @@ def brute_force(index_root: Path, wanted: pa.Table) -> dict[str, tuple[int, int]
 def main(args: list[str]) -> None:
     opts = {k.upper(): int(v) for k, v in (a.split("=", 1) for a in args)}
     rows, files, urls = opts.get("ROWS", 10_000_000), opts.get("FILES", 20), opts.get("URLS", 1_000_000)
-    shards, workers = opts.get("SHARDS", 20), opts.get("WORKERS", 2)
+    shards, workers = -(-urls // opts.get("SHARD_URLS", 50_000)), opts.get("WORKERS", 2)
     from distributed import Client, LocalCluster
 
     work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
@@ -129,22 +129,22 @@ def main(args: list[str]) -> None:
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             before = bytes_read()
-            timings, found = lookup(client, str(work / "index"), wanted, str(work / "out"))
+            timings, nearest = lookup(client, str(work / "index"), wanted, str(work / "out"))
             read = bytes_read() - before
         memory.close()
         total = sum(timings.values())
         print("\n| pass | seconds |\n|---|---|" + "".join(f"\n| {k} | {v:.1f} |" for k, v in timings.items()))
         print(f"\n{urls:,} URLs against {rows:,} index rows in **{total:.1f} s** on {workers} workers: "
-              f"{rows / total:,.0f} index rows/s; found {found.num_rows:,} nearest captures")
+              f"{rows / total:,.0f} index rows/s; found {sum(n for _, n in nearest):,} nearest captures")
         print(f"peak memory of the process tree (PSS): {memory.peak_tree / 2**20:,.0f} MiB; "
               f"bytes read {read / 2**20:,.0f} MiB (index, wanted and pass files) against an index of "
               f"{index_bytes / 2**20:,.0f} MiB")
-        check_sample(work, wanted, found)
+        check_sample(work, wanted, pq.read_table(nearest[0][0]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def lookup(client, index_root: str, wanted: list[str], out: str) -> tuple[dict[str, float], pa.Table]:
+def lookup(client, index_root: str, wanted: list[str], out: str) -> tuple[dict[str, float], list[tuple[str, int]]]:
     """The passes of `archive_index`, each a Dask map, timed."""
     timings, t = {}, time.perf_counter()
     ranges = ai.file_ranges(ai.index_files(index_root, ai.crawls_near([CRAWL], [START], MAX_DAYS)))
@@ -161,21 +161,26 @@ def lookup(client, index_root: str, wanted: list[str], out: str) -> tuple[dict[s
     timings["3. index files scanned"] = time.perf_counter() - t
     t = time.perf_counter()
     captures = [[s[shard] for s in scanned if shard in s] for shard in shard_names]
-    nearest = client.gather(client.map(ai.nearest_for_shard, [out] * len(wanted), shard_names, captures,
+    nearest = client.gather(client.map(nearest_to_file, [out] * len(wanted), shard_names, captures,
                                        [MAX_DAYS] * len(wanted), pure=False))
     timings["4. nearest capture per URL"] = time.perf_counter() - t
-    found = pa.concat_tables([n.append_column("shard", pa.array([i] * n.num_rows, pa.int32()))
-                              .select(["shard", "row", "key", "warc_record_offset", "distance_s"])
-                              for i, n in enumerate(nearest)])
-    return timings, found
+    return timings, nearest
 
 
-def check_sample(work: Path, wanted: list[str], found: pa.Table, sample: int = 10_000) -> None:
-    """The nearest captures of `sample` wanted URLs of the first shard against a brute-force scan."""
+def nearest_to_file(out: str, shard: str, captures: list[str], max_days: int) -> tuple[str, int]:
+    """Pass 4 with its result left in a file, as the corpus would: the caller holds no shard's captures."""
+    table = ai.nearest_for_shard(out, shard, captures, max_days)
+    path = f"{out}/nearest/{shard}.parquet"
+    ai.write_parquet(table.select(["row", "key", "warc_record_offset", "distance_s"]), path)
+    return path, table.num_rows
+
+
+def check_sample(work: Path, wanted: list[str], ours: pa.Table, sample: int = 10_000) -> None:
+    """The nearest captures of `sample` wanted URLs of the first shard (`ours`) against a brute-force scan."""
     table = pq.read_table(wanted[0])
     rows = sorted(random.Random(0).sample(range(table.num_rows), min(sample, table.num_rows)))
     brute = brute_force(work / "index", table.take(rows))
-    ours, picked = found.filter(pc.equal(found["shard"], 0)), set(rows)
+    picked = set(rows)
     ours = {k: (o, d) for r, k, o, d in zip(*(ours[c].to_pylist() for c in ("row", "key", "warc_record_offset",
                                                                              "distance_s"))) if r in picked}
     ok = ours == brute

@@ -115,6 +115,6 @@ def test_the_passes_over_shards_and_files_find_what_one_lookup_finds(index, tmp_
 def test_the_benchmark_finds_every_nearest_capture_the_brute_force_finds(capsys):
     from bench.archive import main
 
-    main(["ROWS=20000", "FILES=3", "URLS=2000", "SHARDS=2", "WORKERS=1"])
+    main(["ROWS=20000", "FILES=3", "URLS=2000", "SHARD_URLS=1000", "WORKERS=1"])
     out = capsys.readouterr().out
     assert "ours equal" in out and "2,000 URLs against 20,000 index rows" in out
