@@ -33,6 +33,7 @@ from tasks.corpus import archive_index as ai
 CRAWL = "CC-MAIN-2019-35"
 SITES = 50_000
 MAX_DAYS = 30
+BATCH_KEYS = 65_536  # wanted keys a scan task holds at most
 START = int(dt.datetime(2019, 8, 26, tzinfo=dt.timezone.utc).timestamp())
 
 
@@ -147,21 +148,22 @@ def main(args: list[str]) -> None:
 def lookup(client, index_root: str, wanted: list[str], out: str) -> tuple[dict[str, float], list[tuple[str, int]]]:
     """The passes of `archive_index`, each a Dask map, timed."""
     timings, t = {}, time.perf_counter()
-    ranges = ai.file_ranges(ai.index_files(index_root, ai.crawls_near([CRAWL], [START], MAX_DAYS)))
-    timings["1. key ranges of the index files (footers)"] = time.perf_counter() - t
+    groups = ai.row_groups(ai.index_files(index_root, ai.crawls_near([CRAWL], [START], MAX_DAYS)))
+    timings["1. key ranges of the index's row groups (footers)"] = time.perf_counter() - t
     t = time.perf_counter()
-    shard_names = [f"{i:05d}" for i in range(len(wanted))]
-    routed = client.gather(client.map(ai.route_shard, wanted, [ranges] * len(wanted), [out] * len(wanted),
-                                      shard_names, pure=False))
-    timings["2. SURT keys of the wanted URLs, routed to files"] = time.perf_counter() - t
+    shards = [f"{i:05d}" for i in range(len(wanted))]
+    counts = dict(zip(shards, client.gather(client.map(ai.route_shard, wanted, [groups] * len(wanted),
+                                                       [out] * len(wanted), shards, pure=False))))
+    timings["2. SURT keys of the wanted URLs, routed to row groups"] = time.perf_counter() - t
     t = time.perf_counter()
-    per_file = [{shard: r[rng.path] for shard, r in zip(shard_names, routed) if rng.path in r} for rng in ranges]
-    scanned = client.gather(client.map(ai.scan_for_shards, [r.path for r in ranges], per_file,
-                                       [out] * len(ranges), list(range(len(ranges))), pure=False))
-    timings["3. index files scanned"] = time.perf_counter() - t
+    runs = ai.batches(groups, sum(counts.values()), BATCH_KEYS)
+    readers = [[s for s in shards if counts[s][run.start:run.stop].any()] for run in runs]
+    scanned = client.gather(client.map(ai.scan_batch, runs, readers, [out] * len(runs),
+                                       [f"{n:05d}" for n in range(len(runs))], pure=False))
+    timings[f"3. index scanned, {len(runs)} runs of row groups"] = time.perf_counter() - t
     t = time.perf_counter()
-    captures = [[s[shard] for s in scanned if shard in s] for shard in shard_names]
-    nearest = client.gather(client.map(nearest_to_file, [out] * len(wanted), shard_names, captures,
+    captures = [[s[shard] for s in scanned if shard in s] for shard in shards]
+    nearest = client.gather(client.map(nearest_to_file, [out] * len(wanted), shards, captures,
                                        [MAX_DAYS] * len(wanted), pure=False))
     timings["4. nearest capture per URL"] = time.perf_counter() - t
     return timings, nearest

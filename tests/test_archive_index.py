@@ -5,12 +5,14 @@ import datetime as dt
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from tasks.corpus import archive_index
-from tasks.corpus.archive_index import (capture_schema, crawl_start, crawls_near, file_ranges, index_files,
-                                        nearest_captures, route_wanted, scan_index_file, surt_key, wanted_table)
+from tasks.corpus.archive_index import (batches, capture_schema, crawl_start, crawls_near, index_files,
+                                        nearest_captures, route_keys, row_groups, scan_index_file, surt_key,
+                                        wanted_table)
 
 DAY = 86400
 
@@ -68,10 +70,15 @@ def test_each_wanted_url_gets_its_nearest_usable_capture_within_max_days(index):
     urls = ["http://a.example.com/story", "http://b.example.com/gone", "http://c.example.com/file.pdf",
             "http://d.example.com/late", "http://never.example.org/", "http://www.g.example.com/z"]
     wanted = wanted_table(urls, [epoch("2019-08-26")] * len(urls))
-    ranges = file_ranges(index_files(str(index), ["CC-MAIN-2019-35"]))
-    assert len(ranges) == 2 and ranges[0].last < ranges[1].first  # the files follow each other in key order
-    captures = pa.concat_tables([scan_index_file(path, part["key"].to_pylist())
-                                 for path, part in route_wanted(wanted, ranges).items()])
+    groups = row_groups(index_files(str(index), ["CC-MAIN-2019-35"]))
+    assert all(a.last < b.first for a, b in zip(groups, groups[1:]))  # row groups follow each other in key order
+    routed, counts = route_keys(wanted["key"].unique(), groups)
+    def keys_of(run: archive_index.Batch) -> list[str]:
+        inside = pc.and_(pc.greater_equal(routed["group"], run.start), pc.less(routed["group"], run.stop))
+        return routed.filter(inside)["key"].to_pylist()
+
+    captures = pa.concat_tables([scan_index_file(run.path, keys_of(run), run.numbers)
+                                 for run in batches(groups, counts, batch_keys=2)])
     found = nearest_captures(wanted, captures, max_days=60)
     by_url = {urls[r]: (t, o) for r, t, o in zip(found["row"].to_pylist(), found["fetch_time"].to_pylist(),
                                                   found["warc_record_offset"].to_pylist())}
@@ -90,7 +97,13 @@ def test_only_the_row_groups_that_may_hold_a_wanted_key_are_read(index, monkeypa
     assert read == [len(groups) - 1] and found.num_rows >= 1
 
 
-def test_the_passes_over_shards_and_files_find_what_one_lookup_finds(index, tmp_path):
+def test_row_groups_are_cut_into_runs_of_one_file_with_bounded_keys():
+    groups = [archive_index.RowGroup(path, n, "", "") for path in ("a", "b") for n in range(3)]
+    cut = batches(groups, archive_index.np.array([2, 2, 5, 0, 1, 1]), batch_keys=4)
+    assert [(b.path, b.numbers) for b in cut] == [("a", (0, 1)), ("a", (2,)), ("b", (1, 2))]
+
+
+def test_the_passes_over_shards_and_batches_find_what_one_lookup_finds(index, tmp_path):
     urls = ["http://a.example.com/story", "http://e.example.com/x", "http://f.example.com/y", "http://nope.example/"]
     times = [epoch("2019-08-26")] * len(urls)
     shards = {}
@@ -98,17 +111,19 @@ def test_the_passes_over_shards_and_files_find_what_one_lookup_finds(index, tmp_
         shards[name] = str(tmp_path / f"wanted-{name}.parquet")
         pq.write_table(pa.table({"url": urls[part], "time": times[part]}), shards[name])
     out = str(tmp_path / "out")
-    ranges = file_ranges(index_files(str(index), ["CC-MAIN-2019-35"]))
-    routed = {name: archive_index.route_shard(path, ranges, out, name) for name, path in shards.items()}
-    scanned = [archive_index.scan_for_shards(r.path, {s: routed[s][r.path] for s in routed if r.path in routed[s]},
-                                             out, n) for n, r in enumerate(ranges)]
+    groups = row_groups(index_files(str(index), ["CC-MAIN-2019-35"]))
+    counts = {name: archive_index.route_shard(path, groups, out, name) for name, path in shards.items()}
+    runs = batches(groups, sum(counts.values()), batch_keys=1)
+    assert len(runs) == 3  # one key a run: e, f and a each in a run of their own
+    scanned = [archive_index.scan_batch(b, [s for s in shards if counts[s][b.start:b.stop].any()], out, f"{n:05d}")
+               for n, b in enumerate(runs)]
     found = {name: archive_index.nearest_for_shard(out, name, [s[name] for s in scanned if name in s], 60)
              for name in shards}
     assert {name: table["url"].to_pylist() for name, table in found.items()} == {
         "00000": ["http://a.example.com/story", "http://e.example.com/x"], "00001": ["http://f.example.com/y"]}
     keys = sorted(map(surt_key, urls))
     whole = nearest_captures(wanted_table(urls, times),
-                             pa.concat_tables([scan_index_file(r.path, keys) for r in ranges]), 60)
+                             pa.concat_tables([scan_index_file(path, keys) for path in {g.path for g in groups}]), 60)
     assert sorted(whole["url"].to_pylist()) == sorted(u for t in found.values() for u in t["url"].to_pylist())
 
 

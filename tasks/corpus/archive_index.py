@@ -2,20 +2,20 @@
 
 The index (`cc-index/table/cc-main/warc/`, hive-partitioned by `crawl=` and `subset=`) holds a row
 per capture, its files sorted by `url_surtkey` one after another. A per-URL API answers about one
-lookup a second (11 days for 1M URLs); here every wanted URL is looked up at once, in three passes
-that each hold a bounded part of the data:
+lookup a second (11 days for 1M URLs); here every wanted URL is looked up at once, in passes that
+each hold a bounded part of the data:
 
-1. `file_ranges`: the key range of every index file of the crawls near the wanted dates, from the
+1. `row_groups`: the key range of every row group of the crawls near the wanted dates, from the
    Parquet footers alone;
-2. `route_wanted`, per shard of wanted URLs: their SURT keys, sorted and cut by those ranges, so
-   that each index file gets only the keys it may hold;
-3. `scan_index_file`, per index file: the row groups whose key range holds one of its keys, only the
-   columns a capture needs, kept where the key is wanted;
-then `nearest_captures`, per shard: for each URL, the capture nearest its submission time within
-`max_days`, with a status and MIME type a page can come from.
+2. `route_shard`, per shard of wanted URLs: their SURT keys, sorted, each tagged with the row groups
+   that may hold it; it returns how many keys each row group got;
+3. `batches` cuts the row groups into runs of one file holding at most `batch_keys` wanted keys, and
+   `scan_batch` reads, per run, only those row groups and only the columns a capture needs;
+4. `nearest_for_shard`: for each URL, the capture nearest its submission time within `max_days`,
+   with a status and MIME type a page can come from.
 
-A task holds one index file's share of the wanted keys and one row group, however many URLs there
-are: memory stays flat as the corpus grows, with more index files and shards.
+A task holds at most `batch_keys` keys (or one row group's) and one row group, however many URLs
+there are: memory stays flat as the corpus grows, and each index row group is read once.
 """
 from __future__ import annotations
 
@@ -72,22 +72,19 @@ def index_files(root: str, crawls: Iterable[str], subset: str = "warc") -> list[
 
 
 @dataclass(frozen=True)
-class FileRange:
-    """An index file and the smallest and largest key it holds."""
+class RowGroup:
+    """One row group of an index file and the smallest and largest key it holds."""
 
     path: str
+    number: int
     first: str
     last: str
 
 
-def file_ranges(paths: Iterable[str]) -> list[FileRange]:
-    """Each index file's key range, read from its footer's row-group statistics."""
-    ranges = []
-    for path in paths:
-        groups = row_group_ranges(footer(path))
-        if groups:
-            ranges.append(FileRange(path, min(g[0] for g in groups), max(g[1] for g in groups)))
-    return ranges
+def row_groups(paths: Iterable[str]) -> list[RowGroup]:
+    """Every row group of the index files, file after file, from their footers' statistics."""
+    return [RowGroup(path, g, first, last) for path in paths
+            for g, (first, last) in enumerate(row_group_ranges(footer(path)))]
 
 
 def footer(path: str) -> pq.FileMetaData:
@@ -113,26 +110,34 @@ def wanted_table(urls: Sequence[str], times: Sequence[int]) -> pa.Table:
     return table.sort_by("key")
 
 
-def route_wanted(wanted: pa.Table, ranges: Sequence[FileRange]) -> dict[str, pa.Table]:
-    """The shard's wanted rows each index file may hold (by key range); a key between two files'
-    ranges is in no file, and so goes nowhere."""
-    keys = np.asarray(wanted["key"].to_pylist(), dtype=object)  # sorted
-    routed = {}
-    for r in ranges:
-        lo, hi = np.searchsorted(keys, r.first, "left"), np.searchsorted(keys, r.last, "right")
+def route_keys(keys: pa.Array, groups: Sequence[RowGroup]) -> tuple[pa.Table, np.ndarray]:
+    """The sorted, distinct `keys` each row group may hold (by key range), as rows (key, group), by
+    group; and how many each group got. Groups of different crawls overlap, so a key may go to several."""
+    sorted_keys = np.asarray(keys.to_pylist(), dtype=object)
+    counts = np.zeros(len(groups), dtype=np.int64)
+    parts = []
+    for g, group in enumerate(groups):
+        lo, hi = np.searchsorted(sorted_keys, group.first, "left"), np.searchsorted(sorted_keys, group.last, "right")
+        counts[g] = hi - lo
         if hi > lo:
-            routed[r.path] = wanted.slice(lo, hi - lo)
-    return routed
+            parts.append(pa.table({"key": pa.array(sorted_keys[lo:hi], pa.string()),
+                                   "group": pa.array(np.full(hi - lo, g, dtype=np.int32))}))
+    table = pa.concat_tables(parts) if parts else pa.table({"key": pa.array([], pa.string()),
+                                                            "group": pa.array([], pa.int32())})
+    return table, counts
 
 
-def scan_index_file(path: str, keys: Sequence[str]) -> pa.Table:
-    """The captures in one index file whose key is one of `keys` (sorted): only the row groups whose
-    key range holds one of them are read, and only the columns a capture needs."""
+def scan_index_file(path: str, keys: Sequence[str], numbers: Sequence[int] | None = None) -> pa.Table:
+    """The captures in one index file whose key is one of `keys` (sorted): only the row groups (of
+    `numbers`, default all) whose key range holds one of them are read, and only the columns a
+    capture needs."""
     keys = np.asarray(keys, dtype=object)
     parts = [capture_schema().empty_table()]
     with storage.open_file(path) as fh:
         parquet = pq.ParquetFile(fh)
-        for g, (first, last) in enumerate(row_group_ranges(parquet.metadata)):
+        ranges = row_group_ranges(parquet.metadata)
+        for g in range(len(ranges)) if numbers is None else numbers:
+            first, last = ranges[g]
             lo, hi = np.searchsorted(keys, first, "left"), np.searchsorted(keys, last, "right")
             if hi > lo:  # some wanted key falls in this row group's range
                 group = parquet.read_row_group(g, columns=CAPTURE_COLUMNS).cast(capture_schema())
@@ -147,35 +152,62 @@ def capture_schema() -> pa.Schema:
                       ("warc_record_length", pa.int64())])
 
 
-def route_shard(wanted_path: str, ranges: Sequence[FileRange], out_dir: str, shard: str) -> dict[str, str]:
+ROUTED_ROWS = 4096  # rows per row group of a routed-keys file: a batch reads only the ones it needs
+
+
+def route_shard(wanted_path: str, groups: Sequence[RowGroup], out_dir: str, shard: str) -> np.ndarray:
     """Pass 2 for one shard of wanted URLs (a Parquet file of `url` and `time`): its keyed rows by key
-    (`out_dir`/wanted/SHARD.parquet), and the keys each index file may hold
-    (`out_dir`/routed/FILE/SHARD.parquet); returns {index file: its keys' file}."""
+    (`out_dir`/wanted/SHARD.parquet) and its keys tagged with the row groups that may hold them
+    (`out_dir`/routed/SHARD.parquet); returns how many keys each row group got."""
     table = read_parquet(wanted_path)
     wanted = wanted_table(table["url"].to_pylist(), table["time"].to_numpy())
     write_parquet(wanted, storage.join(out_dir, "wanted", f"{shard}.parquet"))
-    routed = {}
-    for path, part in route_wanted(wanted, ranges).items():
-        routed[path] = storage.join(out_dir, "routed", f"{ranges_number(ranges, path):05d}", f"{shard}.parquet")
-        write_parquet(part.select(["key"]), routed[path])
-    return routed
+    routed, counts = route_keys(wanted["key"].unique(), groups)
+    write_parquet(routed, storage.join(out_dir, "routed", f"{shard}.parquet"), row_group_size=ROUTED_ROWS)
+    return counts
 
 
-def ranges_number(ranges: Sequence[FileRange], path: str) -> int:
-    return next(i for i, r in enumerate(ranges) if r.path == path)
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive row groups of one index file (global numbers `start` to `stop` - 1)."""
+
+    path: str
+    start: int
+    stop: int
+    numbers: tuple[int, ...]  # the row groups' numbers within their file
 
 
-def scan_for_shards(index_path: str, routed: dict[str, str], out_dir: str, number: int) -> dict[str, str]:
-    """Pass 3 for one index file: its captures of the keys every shard routed to it (`routed`: {shard:
-    keys file}), written per shard (`out_dir`/captures/SHARD/FILE.parquet); returns {shard: file}."""
-    keys = {shard: read_parquet(path)["key"] for shard, path in routed.items()}
-    every = pa.chunked_array(list(keys.values())).unique().sort()
-    captures = scan_index_file(index_path, every.to_pylist())
+def batches(groups: Sequence[RowGroup], keys_per_group: np.ndarray, batch_keys: int) -> list[Batch]:
+    """The row groups that got a key, cut into runs of one file with at most `batch_keys` keys
+    (a row group with more is a run of its own)."""
+    runs: list[list[int]] = []
+    total = 0
+    for g in np.flatnonzero(keys_per_group):
+        same_file = runs and groups[runs[-1][-1]].path == groups[g].path
+        if same_file and total + keys_per_group[g] <= batch_keys:
+            runs[-1].append(int(g))
+            total += keys_per_group[g]
+        else:
+            runs.append([int(g)])
+            total = keys_per_group[g]
+    return [Batch(groups[r[0]].path, r[0], r[-1] + 1, tuple(groups[g].number for g in r)) for r in runs]
+
+
+def scan_batch(batch: Batch, shards: Sequence[str], out_dir: str, name: str) -> dict[str, str]:
+    """Pass 3 for one run of row groups: the captures of the keys that `shards` routed to them,
+    written per shard (`out_dir`/captures/SHARD/NAME.parquet); returns {shard: file}."""
+    keys = {}
+    for shard in shards:
+        routed = read_parquet(storage.join(out_dir, "routed", f"{shard}.parquet"),
+                              filters=[("group", ">=", batch.start), ("group", "<", batch.stop)])
+        keys[shard] = routed["key"]
+    every = pa.chunked_array(list(keys.values()), pa.string()).unique().sort()
+    captures = scan_index_file(batch.path, every.to_pylist(), batch.numbers)
     out = {}
     for shard, wanted in keys.items():
         mine = captures.filter(pc.is_in(captures["url_surtkey"], value_set=wanted.combine_chunks()))
         if mine.num_rows:
-            out[shard] = storage.join(out_dir, "captures", shard, f"{number:05d}.parquet")
+            out[shard] = storage.join(out_dir, "captures", shard, f"{name}.parquet")
             write_parquet(mine, out[shard])
     return out
 
@@ -187,14 +219,15 @@ def nearest_for_shard(out_dir: str, shard: str, capture_paths: Sequence[str], ma
     return nearest_captures(wanted, captures, max_days)
 
 
-def read_parquet(path: str) -> pa.Table:
+def read_parquet(path: str, filters: list | None = None) -> pa.Table:
+    """A Parquet file (row groups outside `filters` unread)."""
     with storage.open_file(path) as fh:
-        return pq.read_table(fh)
+        return pq.read_table(fh, filters=filters)
 
 
-def write_parquet(table: pa.Table, path: str) -> None:
+def write_parquet(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, row_group_size=row_group_size)
     storage.write_bytes(path, sink.getvalue().to_pybytes())
 
 
