@@ -38,8 +38,9 @@ CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})$")
 
 
 def surt_key(url: str) -> str:
-    """The key Common Crawl's index sorts a URL by: SURT, as the `surt` library that built it writes
-    it (scheme and `www` dropped, host reversed, path lowercased, query sorted, fragment dropped)."""
+    """The key Common Crawl's index sorts a URL by: SURT, as the `surt` library writes it (Internet
+    Archive's rules: scheme and `www` dropped, host reversed, path lowercased, query sorted,
+    fragment dropped)."""
     return surt.surt(url)
 
 
