@@ -67,7 +67,7 @@ def build_index(root: Path, rows: int, files: int, rng: np.random.Generator) -> 
             "content_mime_detected": pa.array(np.where(rng.random(n) < 0.95, "text/html", "application/pdf")),
             "warc_filename": pa.array([f"crawl-data/{CRAWL}/segments/{f}/warc/part.warc.gz"] * n),
             "warc_record_offset": pa.array(rng.integers(0, 1 << 30, n)),
-            "warc_record_length": pa.array(rng.integers(1000, 50_000, n))}).cast(ai.capture_schema())
+            "warc_record_length": pa.array(rng.integers(1000, 50_000, n))}).cast(ai.CAPTURE_SCHEMA)
         pq.write_table(table, folder / f"part-{f:05d}.c000.gz.parquet", row_group_size=100_000, compression="gzip")
     return site, page
 

@@ -2,8 +2,6 @@
 `transformers.pipeline("text-generation", model=folder)` loads: weights, tokenizer, model card."""
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows import forms

@@ -130,16 +130,22 @@ def hydra_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def form_overrides(flow_fn: Callable, values: dict[str, Any]) -> list[str]:
-    """The Hydra overrides of a flow's run-form `values`: one per field set to other than its preset."""
+@cache
+def form_fields(flow_fn: Callable) -> list[tuple[str, Override, Any]]:
+    """A flow's run-form fields: (name, its override, its preset), read once per flow."""
     hints = get_type_hints(flow_fn, include_extras=True)
-    out = []
+    fields = []
     for name, parameter in inspect.signature(flow_fn).parameters.items():
         marker = next((m for m in getattr(hints.get(name), "__metadata__", ()) if isinstance(m, Override)), None)
-        value = values.get(name, parameter.default)
-        if marker and value not in (None, "", []) and value != parameter.default:
-            out.append(marker.render(value))
-    return out
+        if marker:
+            fields.append((name, marker, parameter.default))
+    return fields
+
+
+def form_overrides(flow_fn: Callable, values: dict[str, Any]) -> list[str]:
+    """The Hydra overrides of a flow's run-form `values`: one per field set to other than its preset."""
+    return [marker.render(values[name]) for name, marker, preset in form_fields(flow_fn)
+            if values.get(name) not in (None, "", []) and values[name] != preset]
 
 
 Corpus = field(choices("corpus"), "corpus", "Corpus config in conf/corpus (dumps, filters, sizes)", group=True)

@@ -1,8 +1,6 @@
 """Generation flow: print the prompt and a sampled continuation from a checkpoint."""
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from flows import forms

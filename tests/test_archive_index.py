@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.corpus import archive_index
-from tasks.corpus.archive_index import (batches, capture_schema, crawl_start, crawls_near, index_files,
+from tasks.corpus.archive_index import (CAPTURE_SCHEMA, batches, crawl_start, crawls_near, index_files,
                                         nearest_captures, route_keys, row_groups, scan_index_file, surt_key,
                                         wanted_table)
 
@@ -32,7 +32,7 @@ def write_index(root: Path, crawl: str, rows: list[tuple], files: int = 2, row_g
     per_file = -(-len(records) // files)
     for f in range(files):
         part = records[f * per_file:(f + 1) * per_file]
-        pq.write_table(pa.Table.from_pylist(part, schema=capture_schema()), folder / f"part-{f:05d}.parquet",
+        pq.write_table(pa.Table.from_pylist(part, schema=CAPTURE_SCHEMA), folder / f"part-{f:05d}.parquet",
                        row_group_size=row_group_size)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
@@ -88,14 +89,13 @@ def test_deployments_resolve_their_folder_when_a_run_starts_and_train_goes_to_th
     assert corpus.work_pool_name == "opengpt2" and train.work_pool_name == "opengpt2-gpu"
 
 
-FLOWS = {"train": "flows.train:train_flow", "corpus": "flows.corpus:corpus_flow", "generate": "flows.generate:generate_flow",
-         "export": "flows.export:export_flow", "evaluate": "flows.evaluate:evaluate_flow",
-         "pipeline": "flows.pipeline:pipeline_flow", "corpus-refresh": "flows.refresh:refresh_flow"}
+FLOWS = {d["name"]: d["entrypoint"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
 
 
 def flow_function(name: str):
-    module, function = FLOWS[name].split(":")
-    return getattr(importlib.import_module(module), function).fn
+    """The function of a deployment's flow, from its entrypoint (`flows/train.py:train_flow`)."""
+    path, function = FLOWS[name].split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function).fn
 
 
 def test_each_deployment_form_is_flat_typed_and_described(server):

@@ -32,8 +32,10 @@ import surt
 
 from tasks import storage
 
-CAPTURE_COLUMNS = ["url_surtkey", "url", "fetch_time", "fetch_status", "content_mime_detected", "warc_filename",
-                   "warc_record_offset", "warc_record_length"]
+CAPTURE_SCHEMA = pa.schema([  # a capture's columns of the index, as Common Crawl types them
+    ("url_surtkey", pa.string()), ("url", pa.string()), ("fetch_time", pa.timestamp("ms", tz="UTC")),
+    ("fetch_status", pa.int16()), ("content_mime_detected", pa.string()), ("warc_filename", pa.string()),
+    ("warc_record_offset", pa.int64()), ("warc_record_length", pa.int64())])
 CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})$")
 
 
@@ -133,7 +135,7 @@ def scan_index_file(path: str, keys: Sequence[str], numbers: Sequence[int] | Non
     `numbers`, default all) whose key range holds one of them are read, and only the columns a
     capture needs."""
     keys = np.asarray(keys, dtype=object)
-    parts = [capture_schema().empty_table()]
+    parts = [CAPTURE_SCHEMA.empty_table()]
     with storage.open_file(path) as fh:
         parquet = pq.ParquetFile(fh)
         ranges = row_group_ranges(parquet.metadata)
@@ -141,16 +143,9 @@ def scan_index_file(path: str, keys: Sequence[str], numbers: Sequence[int] | Non
             first, last = ranges[g]
             lo, hi = np.searchsorted(keys, first, "left"), np.searchsorted(keys, last, "right")
             if hi > lo:  # some wanted key falls in this row group's range
-                group = parquet.read_row_group(g, columns=CAPTURE_COLUMNS).cast(capture_schema())
+                group = parquet.read_row_group(g, columns=CAPTURE_SCHEMA.names).cast(CAPTURE_SCHEMA)
                 parts.append(group.filter(pc.is_in(group["url_surtkey"], value_set=pa.array(keys[lo:hi], pa.string()))))
     return pa.concat_tables(parts)
-
-
-def capture_schema() -> pa.Schema:
-    return pa.schema([("url_surtkey", pa.string()), ("url", pa.string()), ("fetch_time", pa.timestamp("ms", tz="UTC")),
-                      ("fetch_status", pa.int16()), ("content_mime_detected", pa.string()),
-                      ("warc_filename", pa.string()), ("warc_record_offset", pa.int64()),
-                      ("warc_record_length", pa.int64())])
 
 
 ROUTED_ROWS = 4096  # rows per row group of a routed-keys file: a batch reads only the ones it needs
@@ -216,7 +211,7 @@ def scan_batch(batch: Batch, shards: Sequence[str], out_dir: str, name: str) -> 
 def nearest_for_shard(out_dir: str, shard: str, capture_paths: Sequence[str], max_days: int) -> pa.Table:
     """Pass 4 for one shard: each wanted URL's nearest usable capture (`nearest_captures`)."""
     wanted = read_parquet(storage.join(out_dir, "wanted", f"{shard}.parquet"))
-    captures = pa.concat_tables([capture_schema().empty_table()] + [read_parquet(p) for p in capture_paths])
+    captures = pa.concat_tables([CAPTURE_SCHEMA.empty_table()] + [read_parquet(p) for p in capture_paths])
     return nearest_captures(wanted, captures, max_days)
 
 
