@@ -1,17 +1,23 @@
-"""Bulk lookups in a Common Crawl-shaped columnar index: ROWS captures in FILES Parquet files of one
-crawl (`crawl=…/subset=warc`, SURT order, the index's column names and types), URLS wanted URLs
-(half of them captured) in shards of SHARD_URLS, as the corpus cuts its URLs, looked up by the passes of `tasks/corpus/archive_index.py`
-on a Dask cluster of WORKERS processes.
+"""Bulk lookups in a Common Crawl-shaped archive, through the code `corpus.fetch.mode=archive` runs:
+ROWS captures in FILES Parquet files of one crawl (the index's layout, column names and types, SURT
+order, listed by the crawl's `cc-index-table.paths.gz`), URLS wanted URLs (half of them captured) in
+shards of SHARD_URLS, as the corpus cuts its URLs, looked up by `tasks.corpus.archive.lookup` on a
+Dask cluster of WORKERS processes; then the records of the first shard's captures read by byte range
+from RECORDS real WARC records.
 
     python -m bench.archive ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2
 
-Prints the wall time of each pass, index rows scanned per second, the bytes read against the index
-size, the peak memory of the whole process tree (Dask workers included), and checks every nearest
-capture of a 10,000-URL sample against a brute-force answer.
+Prints the wall time of each stage, index rows scanned per second, the bytes read against the index
+size, the peak memory of the whole process tree (Dask workers included), checks every nearest
+capture of a 10,000-URL sample against a brute-force answer, and prints beside it the per-URL CDX
+API's rate, measured on 1,000 lookups against a CDX endpoint on loopback, projected to 1M URLs.
 """
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import io
+import json
 import multiprocessing
 import os
 import random
@@ -26,14 +32,25 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
 from bench.scale import TreeMemory
+from sample.archive import CDX_FIELDS
+from sample.web import archive_endpoints, make_archive_handler, serving
+from tasks.cluster import attached
+from tasks.corpus import archive
 from tasks.corpus import archive_index as ai
+from tasks.storage import DEFAULTS
 
 CRAWL = "CC-MAIN-2019-35"
 SITES = 50_000
 MAX_DAYS = 30
 BATCH_KEYS = 65_536  # wanted keys a scan task holds at most
+INDEX = f"cc-index/table/cc-main/warc/crawl={CRAWL}/subset=warc"
+WARC = f"crawl-data/{CRAWL}/segments/0/warc/{CRAWL}-bench.warc.gz"
+CDX_LOOKUPS = 1_000
 START = int(dt.datetime(2019, 8, 26, tzinfo=dt.timezone.utc).timestamp())
 
 
@@ -48,15 +65,18 @@ def keys_of(site: np.ndarray, page: np.ndarray) -> pa.Array:
                                        ")/p", pc.utf8_lpad(pa.array(page).cast(pa.string()), 9, "0"), "")
 
 
-def build_index(root: Path, rows: int, files: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`rows` captures: even page numbers only (odd ones are the absent URLs), some pages twice."""
+def build_index(root: Path, rows: int, files: int, records: list[tuple[int, int]],
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` captures: even page numbers only (odd ones are the absent URLs), some pages twice, each
+    pointing at one of the WARC `records` (offset, length) in turn."""
     site = np.sort(rng.integers(0, SITES, rows))
     page = 2 * rng.integers(0, 500_000_000, rows)
     order = np.lexsort((page, site))
     site, page = site[order], page[order]
-    folder = root / f"crawl={CRAWL}" / "subset=warc"
-    folder.mkdir(parents=True)
+    (root / INDEX).mkdir(parents=True)
     times = START + rng.integers(-40 * 86400, 40 * 86400, rows)
+    offsets, lengths = (np.array(column, dtype=np.int64) for column in zip(*records))
+    names = []
     for f, part in enumerate(np.array_split(np.arange(rows), files)):
         s, p = site[part], page[part]
         n = len(part)
@@ -65,17 +85,52 @@ def build_index(root: Path, rows: int, files: int, rng: np.random.Generator) -> 
             "fetch_time": pa.array(times[part] * 1000, pa.timestamp("ms", tz="UTC")),
             "fetch_status": pa.array(np.where(rng.random(n) < 0.9, 200, 404).astype(np.int16)),
             "content_mime_detected": pa.array(np.where(rng.random(n) < 0.95, "text/html", "application/pdf")),
-            "warc_filename": pa.array([f"crawl-data/{CRAWL}/segments/{f}/warc/part.warc.gz"] * n),
-            "warc_record_offset": pa.array(rng.integers(0, 1 << 30, n)),
-            "warc_record_length": pa.array(rng.integers(1000, 50_000, n))}).cast(ai.CAPTURE_SCHEMA)
-        pq.write_table(table, folder / f"part-{f:05d}.c000.gz.parquet", row_group_size=100_000, compression="gzip")
+            "warc_filename": pa.array([WARC] * n),
+            "warc_record_offset": pa.array(offsets[part % len(records)]),
+            "warc_record_length": pa.array(lengths[part % len(records)]),
+            "fetch_redirect": pa.nulls(n, pa.string())}).cast(ai.CAPTURE_SCHEMA)
+        names.append(f"{INDEX}/part-{f:05d}.c000.gz.parquet")
+        pq.write_table(table, root / names[-1], row_group_size=100_000, compression="gzip")
+    listing = root / "crawl-data" / CRAWL / "cc-index-table.paths.gz"
+    listing.write_bytes(gzip.compress("\n".join(names).encode()))
+    (root / "collinfo.json").write_text(json.dumps([{"id": CRAWL}]))
     return site, page
 
 
-def build(work: Path, rows: int, files: int, urls: int, shards: int) -> None:
+def build_warc(root: Path, records: int) -> list[tuple[int, int]]:
+    """`records` WARC response records of news-sized pages (about 8 KB of HTML each): (offset, length) of each."""
+    path = root / WARC
+    path.parent.mkdir(parents=True, exist_ok=True)
+    words = np.array("the council said new bus lanes would open in the spring after years of delay and debate".split())
+    rng = np.random.default_rng(1)
+    spans = []
+    with open(path, "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for i in range(records):
+            text = " ".join(words[rng.integers(0, len(words), 1400)])
+            html = f"<html><head><title>Story {i}</title></head><body><p>{text}</p></body></html>".encode()
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            start = out.tell()
+            writer.write_record(writer.create_warc_record(f"http://example.com/{i}", "response",
+                                                          payload=io.BytesIO(html), http_headers=http))
+            spans.append((start, out.tell() - start))
+    return spans
+
+
+def build(work: Path, rows: int, files: int, urls: int, shards: int, records: int) -> None:
     rng = np.random.default_rng(0)
-    site, page = build_index(work / "index", rows, files, rng)
+    site, page = build_index(work / "cc", rows, files, build_warc(work / "cc", records), rng)
     wanted_shards(work, site, page, urls, shards, rng)
+    write_cdx(work / "cc", site[:CDX_LOOKUPS], page[:CDX_LOOKUPS])
+
+
+def write_cdx(root: Path, site: np.ndarray, page: np.ndarray) -> None:
+    """A Wayback-shaped CDX of one capture per URL, for the per-URL lookups."""
+    stamp = dt.datetime.fromtimestamp(START, dt.timezone.utc).strftime("%Y%m%d%H%M%S")
+    rows = [[k, stamp, u, "text/html", "200", "-", "0"] for k, u in zip(keys_of(site, page).to_pylist(),
+                                                                        urls_of(site, page).to_pylist())]
+    (root / "wayback").mkdir(parents=True, exist_ok=True)
+    (root / "wayback" / "cdx.json").write_text(json.dumps([CDX_FIELDS, *rows]))
 
 
 def wanted_shards(out: Path, site: np.ndarray, page: np.ndarray, urls: int, shards: int,
@@ -98,98 +153,116 @@ def wanted_shards(out: Path, site: np.ndarray, page: np.ndarray, urls: int, shar
 def brute_force(index_root: Path, wanted: pa.Table) -> dict[str, tuple[int, int]]:
     """The nearest usable capture of each wanted URL, by reading every row of the index."""
     want = {ai.surt_key(u): t for u, t in zip(wanted["url"].to_pylist(), wanted["time"].to_pylist())}
-    best: dict[str, tuple[int, float, int]] = {}  # key -> (distance, capture time, offset)
-    for path in sorted((index_root / f"crawl={CRAWL}" / "subset=warc").glob("*.parquet")):
-        table = pq.read_table(path, columns=["url_surtkey", "fetch_time", "fetch_status", "content_mime_detected",
-                                             "warc_record_offset"])
+    best: dict[str, tuple[int, float]] = {}  # key -> (distance, capture time)
+    for path in sorted((index_root / INDEX).glob("*.parquet")):
+        table = pq.read_table(path, columns=["url_surtkey", "fetch_time", "fetch_status", "content_mime_detected"])
         table = table.filter(pc.is_in(table["url_surtkey"], value_set=pa.array(list(want))))
-        for key, when, status, mime, offset in zip(*(table[c].to_pylist() for c in table.column_names)):
-            candidate = (abs(int(when.timestamp()) - want[key]), when.timestamp(), offset)
+        for key, when, status, mime in zip(*(table[c].to_pylist() for c in table.column_names)):
+            candidate = (abs(int(when.timestamp()) - want[key]), when.timestamp())
             if status == 200 and mime == "text/html" and candidate[0] <= MAX_DAYS * 86400:
                 best[key] = min(best.get(key, candidate), candidate)
-    return {key: (offset, distance) for key, (distance, _, offset) in best.items()}
+    return {key: (when, distance) for key, (distance, when) in best.items()}
 
 
 def main(args: list[str]) -> None:
     opts = {k.upper(): int(v) for k, v in (a.split("=", 1) for a in args)}
     rows, files, urls = opts.get("ROWS", 10_000_000), opts.get("FILES", 20), opts.get("URLS", 1_000_000)
     shards, workers = -(-urls // opts.get("SHARD_URLS", 50_000)), opts.get("WORKERS", 2)
+    records = opts.get("RECORDS", 20_000)
     from distributed import Client, LocalCluster
 
     work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     try:
         started = time.perf_counter()
-        builder = multiprocessing.get_context("spawn").Process(target=build, args=(work, rows, files, urls, shards))
+        builder = multiprocessing.get_context("spawn").Process(target=build,
+                                                               args=(work, rows, files, urls, shards, records))
         builder.start()
         builder.join()  # in a process of its own: what it held is gone before the lookup is measured
-        wanted = sorted(str(p) for p in work.glob("wanted-*.parquet"))
-        index_bytes = sum(p.stat().st_size for p in (work / "index").rglob("*.parquet"))
+        wanted = {f"{i:05d}": str(p) for i, p in enumerate(sorted(work.glob("wanted-*.parquet")))}
+        index_bytes = sum(p.stat().st_size for p in (work / "cc").rglob("*.parquet"))
         print(f"index: {rows:,} rows in {files} files ({index_bytes / 2**20:,.0f} MiB), {urls:,} wanted URLs in "
               f"{shards} shards; built in {time.perf_counter() - started:.1f} s", flush=True)
+        settings = archive_settings(str(work / "cc"))
         memory = TreeMemory(psutil.Process(os.getpid()))
         with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            before = bytes_read()
-            timings, nearest = lookup(client, str(work / "index"), wanted, str(work / "out"))
-            read = bytes_read() - before
+                Client(cluster) as client, attached(client, yaml.safe_load(DEFAULTS.read_text())):
+            before, t = bytes_read(), time.perf_counter()
+            captures = archive.lookup(wanted, str(work / "out"), settings)
+            took, read = time.perf_counter() - t, bytes_read() - before
         memory.close()
-        total = sum(timings.values())
-        print("\n| pass | seconds |\n|---|---|" + "".join(f"\n| {k} | {v:.1f} |" for k, v in timings.items()))
-        print(f"\n{urls:,} URLs against {rows:,} index rows in **{total:.1f} s** on {workers} workers: "
-              f"{rows / total:,.0f} index rows/s; found {sum(n for _, n in nearest):,} nearest captures")
+        found = [pq.read_metadata(path).num_rows for path in captures.values()]
+        print(f"\n{urls:,} URLs against {rows:,} index rows in **{took:.1f} s** on {workers} workers: "
+              f"{rows / took:,.0f} index rows/s; found {sum(found):,} nearest captures")
         print(f"peak memory of the process tree (PSS): {memory.peak_tree / 2**20:,.0f} MiB; "
               f"bytes read {read / 2**20:,.0f} MiB (index, wanted and pass files) against an index of "
               f"{index_bytes / 2**20:,.0f} MiB")
-        check_sample(work, wanted, pq.read_table(nearest[0][0]))
+        check(work, wanted["00000"], captures)
+        cdx_rate(work / "cc", settings)
+        fetch_rate(work, wanted["00000"], captures["00000"], settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def lookup(client, index_root: str, wanted: list[str], out: str) -> tuple[dict[str, float], list[tuple[str, int]]]:
-    """The passes of `archive_index`, each a Dask map, timed."""
-    timings, t = {}, time.perf_counter()
-    groups = ai.row_groups(ai.index_files(index_root, ai.crawls_near([CRAWL], [START], MAX_DAYS)))
-    timings["1. key ranges of the index's row groups (footers)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    shards = [f"{i:05d}" for i in range(len(wanted))]
-    counts = dict(zip(shards, client.gather(client.map(ai.route_shard, wanted, [groups] * len(wanted),
-                                                       [out] * len(wanted), shards, pure=False))))
-    timings["2. SURT keys of the wanted URLs, routed to row groups"] = time.perf_counter() - t
-    t = time.perf_counter()
-    runs = ai.batches(groups, sum(counts.values()), BATCH_KEYS)
-    readers = [[s for s in shards if counts[s][run.start:run.stop].any()] for run in runs]
-    scanned = client.gather(client.map(ai.scan_batch, runs, readers, [out] * len(runs),
-                                       [f"{n:05d}" for n in range(len(runs))], pure=False))
-    timings[f"3. index scanned, {len(runs)} runs of row groups"] = time.perf_counter() - t
-    t = time.perf_counter()
-    captures = [[s[shard] for s in scanned if shard in s] for shard in shards]
-    nearest = client.gather(client.map(nearest_to_file, [out] * len(wanted), shards, captures,
-                                       [MAX_DAYS] * len(wanted), pure=False))
-    timings["4. nearest capture per URL"] = time.perf_counter() - t
-    return timings, nearest
+def archive_settings(base: str) -> dict:
+    """`corpus.fetch.archive` for the synthetic archive (no Wayback fallback: every URL is looked up once)."""
+    settings = yaml.safe_load((Path(__file__).parent.parent / "conf" / "corpus" / "base.yaml").read_text())
+    archive_cfg = settings["fetch"]["archive"]
+    archive_cfg["max_days"] = MAX_DAYS
+    archive_cfg["commoncrawl"].update(base=base, collinfo=f"{base}/collinfo.json", batch_keys=BATCH_KEYS)
+    archive_cfg["wayback"]["enabled"] = False
+    return archive_cfg
 
 
-def nearest_to_file(out: str, shard: str, captures: list[str], max_days: int) -> tuple[str, int]:
-    """Pass 4 with its result left in a file, as the corpus would: the caller holds no shard's captures."""
-    table = ai.nearest_for_shard(out, shard, captures, max_days)
-    path = f"{out}/nearest/{shard}.parquet"
-    ai.write_parquet(table.select(["row", "key", "warc_record_offset", "distance_s"]), path)
-    return path, table.num_rows
-
-
-def check_sample(work: Path, wanted: list[str], ours: pa.Table, sample: int = 10_000) -> None:
-    """The nearest captures of `sample` wanted URLs of the first shard (`ours`) against a brute-force scan."""
-    table = pq.read_table(wanted[0])
+def check(work: Path, wanted: str, captures: dict[str, str], sample: int = 10_000) -> None:
+    """No absent URL found (odd pages), and the nearest captures of `sample` wanted URLs of the first
+    shard against a brute-force scan."""
+    absent = sum(pc.sum(pc.match_substring_regex(pq.read_table(p, columns=["url"])["url"], r"[13579]$")).as_py() or 0
+                 for p in captures.values())
+    table = pq.read_table(wanted)
     rows = sorted(random.Random(0).sample(range(table.num_rows), min(sample, table.num_rows)))
-    brute = brute_force(work / "index", table.take(rows))
+    brute = brute_force(work / "cc", table.take(rows))
+    ours = pq.read_table(captures["00000"])
+    keys = [ai.surt_key(u) for u in table["url"].to_pylist()]
     picked = set(rows)
-    ours = {k: (o, d) for r, k, o, d in zip(*(ours[c].to_pylist() for c in ("row", "key", "warc_record_offset",
-                                                                             "distance_s"))) if r in picked}
-    ok = ours == brute
+    seconds = pc.cast(pc.cast(ours["fetch_time"], pa.timestamp("s", tz="UTC")), pa.int64()).to_pylist()
+    mine = {keys[r]: (f, abs(s - t)) for r, f, s, t in zip(ours["row"].to_pylist(), ours["fetch_time"].to_pylist(),
+                                                           seconds, ours["time"].to_pylist()) if r in picked}
+    mine = {k: (f.timestamp(), d) for k, (f, d) in mine.items()}
+    ok = mine == brute and not absent
     print(f"brute force on {len(rows):,} URLs: {len(brute):,} with a capture; ours "
-          f"{'equal' if ok else 'DIFFER'} ({len(ours):,} found)")
+          f"{'equal' if mine == brute else 'DIFFER'} ({len(mine):,} found); absent URLs found: {absent}")
     if not ok:
         sys.exit(1)
+
+
+def cdx_rate(root: Path, settings: dict) -> None:
+    """1,000 lookups through the per-URL CDX API (served on loopback, unthrottled), projected to 1M URLs."""
+    table = json.loads((root / "wayback" / "cdx.json").read_text())[1:]
+    with serving(make_archive_handler(root)) as base:
+        wayback = archive.Wayback({**settings["wayback"], **archive_endpoints(base)["wayback"], "requests_per_s": 1e9},
+                                  fetch_settings())
+        t = time.perf_counter()
+        found = sum(wayback.nearest(row[2], START, MAX_DAYS) is not None for row in table)
+        took = time.perf_counter() - t
+        wayback.close()
+    per_s, limit = len(table) / took, settings["wayback"]["requests_per_s"]
+    print(f"per-URL CDX lookups on loopback: {len(table):,} in {took:.1f} s ({per_s:,.0f}/s, {found:,} found): "
+          f"projected for 1M URLs {1e6 / per_s / 3600:,.1f} h at that rate, {1e6 / limit / 86400:,.1f} days at the "
+          f"Wayback Machine's rate limit ({limit}/s), against the bulk lookup above")
+
+
+def fetch_settings() -> dict:
+    return yaml.safe_load((Path(__file__).parent.parent / "conf" / "corpus" / "base.yaml").read_text())["fetch"]
+
+
+def fetch_rate(work: Path, wanted: str, captures: str, settings: dict) -> None:
+    """The first shard's captures read by byte range from the local store, as the corpus reads them."""
+    t = time.perf_counter()
+    result = archive.fetch_archived(wanted, captures, str(work / "fetched"), {**fetch_settings(), "archive": settings})
+    took = time.perf_counter() - t
+    got = result["stats"].get("fetch/archive_commoncrawl", 0)
+    print(f"records fetched by byte range from the local store: {got:,} in {took:.1f} s "
+          f"({got / took:,.0f} records/s, written to the shard's pages.warc.gz)")
 
 
 def bytes_read() -> int:

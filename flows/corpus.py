@@ -16,7 +16,7 @@ from flows import forms
 from flows.common import (cached, check_benchmarks, command, flow_config, store_task, task_runner,
                           stopping_on_signal, token_dir, unless_stopping, wait_with_progress)
 from model.manifest import FILE, SPLITS, Manifest
-from sample.web import serve_sample_web
+from sample.web import serve_sample
 from tasks import storage
 from tasks.caching import code_version, targets
 from tasks.cluster import cluster_threads
@@ -24,25 +24,44 @@ from tasks.corpus import shards
 from tasks.corpus.dumpfile import BadDump, dump_format
 from tasks.corpus.neardup import Source, dropped, offsets
 from tasks.corpus.report import funnel, funnel_markdown, log_to_wandb, merge_stats, write_report
-from tasks.corpus.prefect_tasks import candidates_task, confirm_task, fetch_task, finish_task, shard_task, urls_task
+from tasks.corpus.prefect_tasks import (archive_fetch_task, archive_lookup_task, candidates_task, confirm_task,
+                                        fetch_task, finish_task, shard_task, urls_task)
 from tasks.corpus.shards import ShardPlan, ShardResult, plan_warc_shards
 from tasks.corpus.step import enabled_steps
 from tasks.errors import MissingInput, UserError
 
 
-def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[ShardPlan], list[PrefectFuture], list]:
-    """URL shards from the dumps, each fetched into its own WARC and then run through the steps."""
+def fetched_shards(cfg: dict[str, Any], work: Path, proxy: str | None) -> tuple[list[ShardPlan], list[PrefectFuture], dict]:
+    """URL shards from the dumps, each fetched live into its own WARC (unless `corpus.fetch.mode` is
+    archive); returns the plan, the fetches and the URL stage's result."""
     c = cfg["corpus"]
     urls = store_task(urls_task, cfg).submit(c["dumps"], str(work / "urls"), c["urls"], c["shard_docs"],
                                          c["seen_urls_dir"]).result()
+    plan = [ShardPlan(f"{i:05d}", str(work / "pages" / f"{i:05d}" / "pages.warc.gz"), urls=urls_path,
+                      want_archive=c["fetch"]["mode"] == "live_then_archive")
+            for i, urls_path in enumerate(urls["shards"])]
+    if c["fetch"]["mode"] == "archive":
+        return plan, [], urls
     fetch = cached(fetch_task, cfg).with_options(retries=c["fetch"]["task_retries"], retry_condition_fn=unless_stopping,
                                                  retry_delay_seconds=c["fetch"]["task_retry_delay_s"])
+    return plan, [fetch.submit(shard.urls, str(Path(shard.warc).parent), c["fetch"], proxy) for shard in plan], urls
+
+
+def archived_shards(cfg: dict[str, Any], work: Path, wanted: dict[str, str], urls: dict[str, str],
+                    endpoints: dict | None) -> tuple[list[ShardPlan], list[PrefectFuture]]:
+    """The web archives' pages of the wanted URLs ({shard: wanted file}), a shard of pages for each
+    shard of URLs: one bulk lookup, then a fetch per shard."""
+    f = cfg["corpus"]["fetch"]
+    captures = cached(archive_lookup_task, cfg).submit(wanted, str(work / "archive" / "lookup"), f["archive"],
+                                                       endpoints).result()
+    fetch = cached(archive_fetch_task, cfg).with_options(retries=f["task_retries"], retry_condition_fn=unless_stopping,
+                                                         retry_delay_seconds=f["task_retry_delay_s"])
     plan, fetches = [], []
-    for i, urls_path in enumerate(urls["shards"]):
-        pages = work / "pages" / f"{i:05d}"
-        fetches.append(fetch.submit(urls_path, str(pages), c["fetch"], proxy))
-        plan.append(ShardPlan(f"{i:05d}", str(pages / "pages.warc.gz"), urls=urls_path))
-    return plan, fetches, [urls]
+    for shard, path in wanted.items():
+        pages = work / "archive" / "pages" / shard
+        fetches.append(fetch.submit(path, captures[shard], str(pages), f, endpoints))
+        plan.append(ShardPlan(f"{shard}-archive", str(pages / "pages.warc.gz"), urls=urls[shard]))
+    return plan, fetches
 
 
 def run_shards(cfg: dict[str, Any], plan: list[ShardPlan], wait_for: list[PrefectFuture]) -> list[ShardResult]:
@@ -126,14 +145,22 @@ def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     """Shards, the steps per shard, near-dup removal across shards, then tokens; returns the token
     folder and every counter. With `corpus.source=warc` the pages come from `corpus.warc_files`."""
     c = cfg["corpus"]
-    work = Path(c["out_dir"])
+    work, mode = Path(c["out_dir"]), c["fetch"]["mode"]
     serve = c["serve_sample_web"] and c["source"] == "fetch"
-    with stopping_on_signal(), serve_sample_web() if serve else nullcontext() as proxy:  # until every fetch has finished
+    with stopping_on_signal(), serve_sample() if serve else nullcontext() as sample:  # until every fetch has finished
         if c["source"] == "fetch":
-            plan, fetches, early = fetched_shards(cfg, work, proxy)
+            plan, fetches, urls = fetched_shards(cfg, work, sample and sample.proxy)
+            early = [urls]
         else:
             plan, fetches, early = plan_warc_shards(c["warc_files"], c["shard_bytes"]), [], []
-        processed = run_shards(cfg, plan, fetches)
+        processed = run_shards(cfg, plan, fetches) if mode != "archive" or c["source"] == "warc" else []
+        if c["source"] == "fetch" and mode != "live":
+            urls_of = {shard.id: shard.urls for shard in plan}
+            wanted = {shard.id: p["wanted"] for shard, p in zip(plan, processed)} if processed else urls_of
+            archived, archive_fetches = archived_shards(cfg, work, wanted, urls_of, sample and sample.endpoints)
+            plan = ([] if mode == "archive" else plan) + archived
+            processed += run_shards(cfg, archived, archive_fetches)
+            fetches += archive_fetches
         early += [f.result() for f in fetches]
     sources = earlier_sources(c["dedup"]["against"]) + [p["source"] for p in processed]
     finished = tokenize_shards(cfg, plan, sources, dedup_phases(cfg, sources, len(plan)))
@@ -169,7 +196,8 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 
 @forms.run_form
 @flow(name="corpus", log_prints=True)
-def corpus_flow(corpus: forms.Corpus = forms.pick("corpus"), source: forms.Source = None, dumps: forms.Dumps = None,
+def corpus_flow(corpus: forms.Corpus = forms.pick("corpus"), source: forms.Source = None,
+                fetch_mode: forms.FetchMode = None, dumps: forms.Dumps = None,
                 warc_files: forms.WarcFiles = None, runner: forms.Runner = forms.pick("runner"),
                 n_workers: forms.Workers = None, overrides: list[str] = ()) -> dict[str, Any]:
     """Build the token corpus of `corpus`; returns its folder and funnel counts. The shards run on the

@@ -156,6 +156,9 @@ Runner = field(choices("runner"), "runner", "local: one task at a time on thread
 
 Source = field(typed(schema.Corpus, "source"), "corpus.source",
                "fetch: the pages of the dumps' URLs; warc: WARC files. Empty: the corpus config's")
+FetchMode = field(typed(schema.Fetch, "mode"), "corpus.fetch.mode",
+                  "live: today's web; archive: the capture nearest each submission (Common Crawl, else the Wayback "
+                  "Machine); live_then_archive: the archives for what live could not get. Empty: the corpus config's")
 Dumps = field(list[str], "corpus.dumps", "Pushshift dump files (RS_*.zst/.xz/.bz2). Empty: the corpus config's")
 WarcFiles = field(list[str], "corpus.warc_files", "WARC files or s3:// URLs, with source warc")
 Workers = field(typed(schema.Runner, "n_workers"), "runner.n_workers",

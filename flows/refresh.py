@@ -69,7 +69,7 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
 @forms.run_form
 @flow(name="corpus-refresh", log_prints=True)
 def refresh_flow(corpus: forms.Corpus = forms.pick("corpus"), dumps_dir: forms.DumpsDir = None,
-                 overrides: list[str] = ()) -> dict[str, Any]:
+                 fetch_mode: forms.FetchMode = None, overrides: list[str] = ()) -> dict[str, Any]:
     """Add the new dump months in `corpus.refresh.dumps_dir` (after downloading those of
     `corpus.refresh.dump_urls` it lacks) to the corpus as a new version."""
     cfg = check_inputs(flow_config(refresh_flow.fn, locals()))

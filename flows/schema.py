@@ -127,7 +127,29 @@ class Urls(Strict):
     tracking_params: list[str]
 
 
+class CommonCrawl(Strict):
+    base: str
+    collinfo: str
+    batch_keys: Positive
+    concurrency: Positive
+    max_gap: NonNegative
+
+
+class Wayback(Strict):
+    enabled: bool
+    cdx: str
+    replay: str
+    requests_per_s: Annotated[float, Field(gt=0)]
+
+
+class Archive(Strict):
+    max_days: Positive
+    commoncrawl: CommonCrawl
+    wayback: Wayback
+
+
 class Fetch(Strict):
+    mode: Literal["live", "archive", "live_then_archive"]
     concurrency: Positive
     per_host: Positive
     connect_timeout_s: Annotated[float, Field(gt=0)]
@@ -146,6 +168,7 @@ class Fetch(Strict):
     allow_addresses: list[str]
     user_agent: str
     proxy: str | None
+    archive: Archive
 
 
 class Step(BaseModel):

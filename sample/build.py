@@ -6,6 +6,7 @@ Run `make sample` to regenerate sample/web and sample/dumps (the output is deter
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import shutil
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import zstandard
 
-from sample.web import WEB_ROOT, page_file
+from sample.archive import Capture, write_archive
+from sample.web import ARCHIVE_ROOT, WEB_ROOT, page_file
 
 DUMP = Path(__file__).parent / "dumps" / "RS_sample.zst"
 SEED = 2019
@@ -295,9 +297,47 @@ def submission(rng: random.Random, url: str, title: str, **fields) -> dict:
     return record
 
 
-def build_dump(rng: random.Random, pages: list[Page]) -> list[str]:
+def day(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+JS_SHELL = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Metro Daily</title>
+<script src="/static/app.js"></script></head>
+<body><div id="app"></div></body></html>
+"""
+
+
+def build_archive(rng: random.Random) -> tuple[list[Capture], list[dict], dict[str, str]]:
+    """Stories whose links are dead today but were archived when they were posted: the captures of the
+    sample's archive, their submissions, and the pages the live web serves instead of some of them."""
+    stories = [("www.harbourgazette.example", "news/2019/ferry-timetable", "transit", "2019-03-04", "cc"),
+               ("news.northfieldpost.example", "world/2019/river-survey", "wildlife", "2019-05-14", "cc"),
+               ("www.thegreenledger.example", "environment/2019/compost-pilot", "recycling", "2019-06-20", "redirect"),
+               ("blog.fieldnotes.example", "posts/2019/night-sky-diary", "astronomy", "2019-08-09", "wayback"),
+               ("www.metrodaily.example", "city/2011/market-hall", "cooking", "2011-10-03", "wayback"),
+               ("www.metrodaily.example", "city/2019/stadium-vote", "sports", "2019-09-17", "js")]
+    captures, records, live = [], [], {}
+    for host, path, topic, posted, how in stories:
+        title, paragraphs = article(rng, topic)
+        page = Page(host, path, title, paragraphs)
+        html, when = render(page, rng), day(posted) + dt.timedelta(days=2, hours=rng.randrange(24))
+        records.append(submission(rng, page.url, title, created_utc=int(day(posted).timestamp())))
+        if how == "redirect":  # the site moved the story before the crawler came; its new address was crawled too
+            moved = f"{page.url}-updated"
+            captures += [Capture(page.url, when, status=301, redirect=moved), Capture(moved, when, html)]
+        else:
+            captures.append(Capture(page.url, when, html, wayback=how == "wayback"))
+        if how == "cc":  # a capture long after, outside max_days: not the one taken
+            captures.append(Capture(page.url, when + dt.timedelta(days=400), JS_SHELL))
+        if how == "js":  # live today, but rendered by JavaScript: no article text in the HTML
+            live[page.url] = JS_SHELL
+    return captures, records, live
+
+
+def build_dump(rng: random.Random, pages: list[Page], archived: list[dict]) -> list[str]:
     """Submissions for every page plus the records the URL stage must drop, shuffled, with one corrupt line."""
-    records = [submission(rng, p.url, p.title) for p in pages]
+    records = [submission(rng, p.url, p.title) for p in pages] + archived
     # the same links posted again, in the spellings that URL normalisation folds together
     records += [submission(rng, pages[1].url + "/", pages[1].title),
                 submission(rng, pages[2].url + "?utm_source=reddit&amp;utm_medium=social", pages[2].title),
@@ -334,10 +374,14 @@ def main() -> None:
         file = page_file(WEB_ROOT, page.url)
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(render(page, rng), encoding="utf-8")
+    captures, archived, live = build_archive(random.Random(SEED + 1))
+    for url, html in live.items():
+        page_file(WEB_ROOT, url).write_text(html, encoding="utf-8")
+    write_archive(ARCHIVE_ROOT, captures)
     DUMP.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\n".join(build_dump(rng, pages)) + "\n").encode()
+    data = ("\n".join(build_dump(rng, pages, archived)) + "\n").encode()
     DUMP.write_bytes(zstandard.ZstdCompressor(level=19).compress(data))
-    print(f"wrote {len(pages)} pages under {WEB_ROOT} and {DUMP}")
+    print(f"wrote {len(pages)} pages under {WEB_ROOT}, {len(captures)} captures under {ARCHIVE_ROOT} and {DUMP}")
 
 
 if __name__ == "__main__":

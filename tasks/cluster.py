@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -136,6 +136,15 @@ def on_cluster(fn: Callable[..., T], *args: Any) -> T:
         return client.submit(forwarding_to_client, key, fn, *args, key=key).result()
     finally:
         _loggers.pop(key, None)
+
+
+def cluster_map(fn: Callable[..., T], *iterables: Sequence[Any]) -> list[T]:
+    """`fn` over the items of `iterables` (as `map` takes them) on the attached cluster's workers,
+    as one Dask map, else one after another in this thread."""
+    client = CLIENT.get()
+    if client is None:
+        return [fn(*args) for args in zip(*iterables)]
+    return client.gather(client.map(fn, *iterables, pure=False))
 
 
 @contextmanager

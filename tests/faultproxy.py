@@ -52,8 +52,10 @@ def operation(method: str, key: str) -> str:
 class FaultProxy:
     """The proxy on 127.0.0.1 (a free port), forwarding to `upstream`, run in a thread of its own."""
 
-    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, stall_s: float = 3.0):
+    def __init__(self, upstream: str, rate: float = 0.0, seed: int = 0, stall_s: float = 3.0,
+                 kinds: tuple[str, ...] | None = None):
         self.upstream, self.rate, self.stall_s = upstream.rstrip("/"), rate, stall_s
+        self.kinds = kinds  # the kinds of fault to inject (None: all)
         self.rng = random.Random(seed)
         self.faults: Counter = Counter()       # (kind, operation) -> faults injected
         self.requests: Counter = Counter()     # operation -> requests seen
@@ -112,10 +114,10 @@ class FaultProxy:
 
     def _pick(self, op: str) -> str | None:
         """The fault for this request, or None to forward it."""
-        kinds = GET_KINDS if op.startswith("get") else PUT_KINDS
+        kinds = [k for k in (GET_KINDS if op.startswith("get") else PUT_KINDS) if self.kinds is None or k in self.kinds]
         with self.lock:
             self.requests[op] += 1
-            if op == "other" or self.rate <= 0:
+            if op == "other" or self.rate <= 0 or not kinds:
                 return None
             self.countdown[op] = (self.countdown[op] or self.rng.randint(1, max(1, round(2 / self.rate) - 1))) - 1
             if self.countdown[op]:

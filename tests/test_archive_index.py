@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.corpus import archive_index
-from tasks.corpus.archive_index import (CAPTURE_SCHEMA, batches, crawl_start, crawls_near, index_files,
-                                        nearest_captures, route_keys, row_groups, scan_index_file, surt_key,
+from tasks.corpus.archive_index import (CAPTURE_SCHEMA, batches, crawl_start, crawls_near, file_row_groups,
+                                        index_files, nearest_captures, route_keys, scan_index_file, surt_key,
                                         wanted_table)
 
 DAY = 86400
@@ -21,25 +22,35 @@ def epoch(day: str) -> int:
     return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp())
 
 
+def row_groups(files: list[str]) -> list[archive_index.RowGroup]:
+    return [g for path in files for g in file_row_groups(path)]
+
+
 def write_index(root: Path, crawl: str, rows: list[tuple], files: int = 2, row_group_size: int = 2) -> None:
-    """Rows (url, day, status, mime) as one crawl's `subset=warc` files, cut in key order."""
+    """Rows (url, day, status, mime) as one crawl's `subset=warc` files, cut in key order, listed in the
+    crawl's `cc-index-table.paths.gz` as Common Crawl lists them."""
     records = sorted(({"url_surtkey": surt_key(u), "url": u, "fetch_time": dt.datetime.fromisoformat(d).replace(
         tzinfo=dt.timezone.utc), "fetch_status": s, "content_mime_detected": m, "warc_filename": f"{crawl}/{u[-1]}.warc.gz",
         "warc_record_offset": 100 * i, "warc_record_length": 50} for i, (u, d, s, m) in enumerate(rows)),
         key=lambda r: (r["url_surtkey"], r["fetch_time"]))
-    folder = root / f"crawl={crawl}" / "subset=warc"
-    folder.mkdir(parents=True)
+    folder = f"cc-index/table/cc-main/warc/crawl={crawl}/subset=warc"
+    (root / folder).mkdir(parents=True)
     per_file = -(-len(records) // files)
     for f in range(files):
         part = records[f * per_file:(f + 1) * per_file]
-        pq.write_table(pa.Table.from_pylist(part, schema=CAPTURE_SCHEMA), folder / f"part-{f:05d}.parquet",
+        pq.write_table(pa.Table.from_pylist(part, schema=CAPTURE_SCHEMA), root / folder / f"part-{f:05d}.parquet",
                        row_group_size=row_group_size)
+    listing = root / "crawl-data" / crawl / "cc-index-table.paths.gz"
+    listing.parent.mkdir(parents=True)
+    listing.write_bytes(gzip.compress("".join(f"{folder}/part-{f:05d}.parquet\n" for f in range(files)).encode()))
 
 
 def test_keys_are_written_as_common_crawls_index_sorts_them():
     assert surt_key("http://www.Example.com:80/Path/a.html?b=2&a=1#top") == "com,example)/path/a.html?a=1&b=2"
     assert surt_key("https://news.bbc.co.uk/2/hi/uk_news/123.stm") == "uk,co,bbc,news)/2/hi/uk_news/123.stm"
     assert surt_key("http://example.com") == "com,example)/"
+    # a row of Common Crawl's own index (CC-MAIN-2024-22, shown in its "whirlwind tour" of the datasets)
+    assert surt_key("https://an.wikipedia.org/wiki/Escopete") == "org,wikipedia,an)/wiki/escopete"
 
 
 def test_a_crawl_id_names_the_week_it_began_and_only_crawls_near_the_dates_are_read():
@@ -91,7 +102,7 @@ def test_only_the_row_groups_that_may_hold_a_wanted_key_are_read(index, monkeypa
     real = pq.ParquetFile.read_row_group
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, **kw: read.append(g) or real(self, g, **kw))
     [first, *_] = index_files(str(index), ["CC-MAIN-2019-35"])
-    groups = archive_index.row_group_ranges(archive_index.footer(first))
+    groups = archive_index.row_group_ranges(pq.ParquetFile(first).metadata)
     assert len(groups) > 1
     found = scan_index_file(first, [groups[-1][0]])  # a key of the last row group alone
     assert read == [len(groups) - 1] and found.num_rows >= 1
@@ -130,6 +141,6 @@ def test_the_passes_over_shards_and_batches_find_what_one_lookup_finds(index, tm
 def test_the_benchmark_finds_every_nearest_capture_the_brute_force_finds(capsys):
     from bench.archive import main
 
-    main(["ROWS=20000", "FILES=3", "URLS=2000", "SHARD_URLS=1000", "WORKERS=1"])
+    main(["ROWS=20000", "FILES=3", "URLS=2000", "SHARD_URLS=1000", "WORKERS=1", "RECORDS=200"])
     out = capsys.readouterr().out
     assert "ours equal" in out and "2,000 URLs against 20,000 index rows" in out

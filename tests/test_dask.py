@@ -33,12 +33,13 @@ def test_the_work_runs_on_both_workers_and_keeps_the_documents_of_a_local_run(cl
                        f"runner.address={local.scheduler_address}"])
     with get_task_stream(client) as stream:
         result = run_flow(corpus_flow, cfg)
-    assert dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))["after dedup"] == 47
-    assert sum(t["key"].startswith("process_shard-") for t in stream.data) == 6  # 57 URLs in shards of 10
+    assert dict(funnel(result["stats"], cfg["corpus"]["pipeline"]))["after dedup"] == 53
+    # 63 URLs in shards of 10, then a shard of archived pages for each
+    assert sum(t["key"].startswith("process_shard-") for t in stream.data) == 14
     # all calls, not the shards alone: six short shard calls can all land on one worker while the other fetches
     assert len({t["worker"] for t in stream.data}) == 2
     ids = [sorted(d.id for d in corpus_documents(tmp_path / run / "corpus" / "demo" / "tokens")) for run in ("local", "dask")]
-    assert ids[0] == ids[1] and len(ids[0]) == local_run["stats"]["tokenize/kept"] == 44
+    assert ids[0] == ids[1] and len(ids[0]) == local_run["stats"]["tokenize/kept"] == 50
 
 
 def a_shard_reporting_progress() -> int:

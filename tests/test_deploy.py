@@ -185,7 +185,7 @@ def test_deployed_corpus_run_completes_and_publishes_its_funnel(server, tmp_path
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["corpus-funnel"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-    assert artifacts and "| after dedup | 47 |" in artifacts[0].data
+    assert artifacts and "| after dedup | 53 |" in artifacts[0].data
     assert (tmp_path / "corpus" / "demo" / "tokens" / "manifest.json").exists()
 
 

@@ -81,7 +81,7 @@ def test_fetch_task_writes_html_pages_to_warc(web, tmp_path):
     urls = tmp_path / "urls.jsonl.zst"
     write_documents(urls, [Document(id=str(i), url=web.url(p)) for i, p in enumerate(["/ok", "/missing", "/ok?x"])])
     result = fetch_task.fn(str(urls), str(tmp_path / "fetch"), FETCH)
-    pages = {url: html for _, url, html in warc_records(tmp_path / "fetch" / "pages.warc.gz")}
+    pages = {page.url: page.html for page in warc_records(tmp_path / "fetch" / "pages.warc.gz")}
     assert set(pages) == {web.url("/ok"), web.url("/ok?x")}
     assert pages[web.url("/ok")] == ARTICLE
     assert result["stats"] == {"fetch/ok": 2, "fetch/http_404": 1}

@@ -1,4 +1,5 @@
 """Incremental refresh: new months only, no URL fetched twice, dedup against the whole corpus, versions kept."""
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,7 +12,10 @@ from flows.refresh import refresh_flow
 from model.data import TokenShards
 from model.manifest import Manifest
 from model.train import fit
+from sample.archive import Capture, write_archive
 from sample.build import DUMP
+from sample.web import WEB_ROOT, archive_endpoints, make_archive_handler, page_file, serving
+from tasks.corpus.document import corpus_documents
 from tasks.corpus.fetch import FetchFailed
 from tasks.lm.export import export_hf
 from tests.test_flows import wandb_records
@@ -55,9 +59,9 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
     assert second["new_dumps"] == ["RS_2019-02.zst"] and second["version"] == 2
     assert second["stats"]["urls/dropped_seen_before"] >= 1
     fetched = first["stats"]["fetch/ok"] + second["stats"]["fetch/ok"]
-    assert fetched == 56  # every page of the sample web exactly once over both months
+    assert fetched == 57  # every page of the sample web exactly once over both months
     # near-dup removal across versions: the same documents survive as in one run over both months
-    assert first["stats"]["dedup/kept"] + second["stats"]["dedup/kept"] == 47
+    assert first["stats"]["dedup/kept"] + second["stats"]["dedup/kept"] == 53
 
     assert len(TokenShards(tokens, "train")) > v1_train
     old = json.loads((tokens / "manifest-v0001.json").read_text())
@@ -69,6 +73,31 @@ def test_refresh_adds_only_new_months_as_new_versions(tmp_path):
 
     third = run_flow(refresh_flow, cfg)
     assert third == {"new_dumps": [], "version": 2}  # nothing new: no work
+
+
+def test_a_refresh_in_archive_mode_dedups_archived_pages_against_earlier_versions(tmp_path):
+    lines = zstandard.ZstdDecompressor().decompress(DUMP.read_bytes(), max_output_size=10**8).decode().splitlines()
+    dumps = tmp_path / "dumps"
+    write_month(dumps, "RS_2019-01.zst", lines[:30])
+    first = run_flow(refresh_flow, load_config([f"paths.data={tmp_path}", "logger=none"]))
+    kept = [d for d in corpus_documents(tmp_path / "corpus" / "demo" / "tokens") if d.origin == "live"][:4]
+    # February links to a mirror of four of January's stories; the mirror is gone, its pages archived
+    posted = dt.datetime(2019, 2, 11, tzinfo=dt.timezone.utc)
+    mirrored = {f"http://mirror.example/story-{i}": page_file(WEB_ROOT, d.url).read_text() for i, d in enumerate(kept)}
+    write_archive(tmp_path / "web-archive", [Capture(url, posted + dt.timedelta(days=3), html)
+                                             for url, html in mirrored.items()])
+    write_month(dumps, "RS_2019-02.zst", [json.dumps(
+        {"id": f"m{i}", "url": url, "title": "Mirrored", "score": 50, "over_18": False, "is_self": False,
+         "subreddit": "news", "created_utc": int(posted.timestamp())}) for i, url in enumerate(mirrored)])
+    with serving(make_archive_handler(tmp_path / "web-archive")) as base:
+        cc = archive_endpoints(base)["commoncrawl"]
+        second = run_flow(refresh_flow, load_config([
+            f"paths.data={tmp_path}", "logger=none", "corpus.fetch.mode=archive", "corpus.serve_sample_web=false",
+            f"corpus.fetch.archive.commoncrawl.base='{cc['base']}'",
+            f"corpus.fetch.archive.commoncrawl.collinfo='{cc['collinfo']}'", "corpus.fetch.archive.wayback.enabled=false"]))
+    assert first["version"] == 1 and second["version"] == 2
+    assert second["stats"]["fetch/archive_commoncrawl"] == 4 and "fetch/ok" not in second["stats"]
+    assert second["stats"]["dedup/dropped"] == 4 and not second["stats"].get("dedup/kept")  # all copies of version 1
 
 
 def test_a_month_whose_fetch_failed_is_not_marked_done_and_is_retried(tmp_path):

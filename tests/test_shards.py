@@ -40,7 +40,7 @@ def test_byte_range_shards_read_every_record_exactly_once(tmp_path, name):
     size = (tmp_path / name).stat().st_size
     shards = plan_warc_shards([str(tmp_path / name)], -(-size // 5))  # ceil: exactly 5 ranges
     assert len(shards) == 5
-    per_shard = [[url for _, url, _ in warc_records(tmp_path / name, s.start, s.end)] for s in shards]
+    per_shard = [[page.url for page in warc_records(tmp_path / name, s.start, s.end)] for s in shards]
     assert [url for urls in per_shard for url in urls] == [f"https://example.com/{i}" for i in range(40)]
     assert all(len(urls) >= 6 for urls in per_shard)  # each range holds its own records
 
@@ -177,7 +177,7 @@ def test_random_windows_over_shards_equal_those_over_one_array(three_shards):
 def test_a_damaged_warc_keeps_the_pages_before_the_damage_and_says_so(tmp_path):
     cfg = load_config(["logger=none"])["corpus"]
     write_warc(tmp_path / "a.warc.gz", 6)
-    offsets = [offset for offset, _, _ in warc_records(tmp_path / "a.warc.gz")]
+    offsets = [page.offset for page in warc_records(tmp_path / "a.warc.gz")]
     data = (tmp_path / "a.warc.gz").read_bytes()
     (tmp_path / "a.warc.gz").write_bytes(data[:offsets[4]] + b"not a WARC record\n" * 50)
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]
@@ -188,7 +188,7 @@ def test_a_damaged_warc_keeps_the_pages_before_the_damage_and_says_so(tmp_path):
 def test_a_record_cut_off_mid_way_is_dropped_and_counted_not_kept_half(tmp_path):
     cfg = load_config(["logger=none"])["corpus"]
     write_warc(tmp_path / "a.warc.gz", 6)
-    offsets = [offset for offset, _, _ in warc_records(tmp_path / "a.warc.gz")]
+    offsets = [page.offset for page in warc_records(tmp_path / "a.warc.gz")]
     data = (tmp_path / "a.warc.gz").read_bytes()
     (tmp_path / "a.warc.gz").write_bytes(data[:(offsets[5] + len(data)) // 2])  # the last record, half of it
     shard = plan_warc_shards([str(tmp_path / "a.warc.gz")], 10**9)[0]

@@ -20,6 +20,8 @@ there are: memory stays flat as the corpus grows, and each index row group is re
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,12 +33,14 @@ import pyarrow.parquet as pq
 import surt
 
 from tasks import storage
+from tasks.corpus.document import read_documents
 
 CAPTURE_SCHEMA = pa.schema([  # a capture's columns of the index, as Common Crawl types them
     ("url_surtkey", pa.string()), ("url", pa.string()), ("fetch_time", pa.timestamp("ms", tz="UTC")),
     ("fetch_status", pa.int16()), ("content_mime_detected", pa.string()), ("warc_filename", pa.string()),
-    ("warc_record_offset", pa.int64()), ("warc_record_length", pa.int64())])
+    ("warc_record_offset", pa.int64()), ("warc_record_length", pa.int64()), ("fetch_redirect", pa.string())])
 CRAWL_ID = re.compile(r"CC-MAIN-(\d{4})-(\d{2})$")
+CRAWL_IN_PATH = re.compile(r"CC-MAIN-\d{4}-\d{2}")
 
 
 def surt_key(url: str) -> str:
@@ -64,14 +68,30 @@ def crawls_near(crawls: Iterable[str], times: Sequence[int], max_days: int) -> l
     return sorted(c for c in crawls if earliest <= crawl_start(c).timestamp() <= latest)
 
 
-def index_files(root: str, crawls: Iterable[str], subset: str = "warc") -> list[str]:
-    """The Parquet files of some crawls' `subset` under the index root, in key order within each crawl."""
-    fs, path = storage.filesystem(root)
+def list_crawls(collinfo: str) -> list[str]:
+    """The crawl ids of Common Crawl's columnar index, from its `collinfo.json` (a URL or a path)."""
+    return sorted(c["id"] for c in json.loads(storage.read_text(collinfo)) if CRAWL_ID.match(c["id"]))
+
+
+def index_files(base: str, crawls: Iterable[str], subset: str = "warc") -> list[str]:
+    """The Parquet files of some crawls' `subset`, in key order within each crawl, as each crawl's
+    `crawl-data/CRAWL/cc-index-table.paths.gz` lists them (an HTTP store cannot be listed); paths are
+    relative to `base`, the store's root (`https://data.commoncrawl.org/`, `s3://commoncrawl/`)."""
     files = []
     for crawl in crawls:
-        found = fs.glob(f"{path.rstrip('/')}/crawl={crawl}/subset={subset}/*.parquet")
-        files += [storage.join(root, f"crawl={crawl}/subset={subset}", p.rsplit("/", 1)[1]) for p in sorted(found)]
+        listing = storage.join(base, "crawl-data", crawl, "cc-index-table.paths.gz")
+        with storage.open_file(listing) as fh:
+            lines = gzip.decompress(fh.read()).decode().split()
+        files += sorted(storage.join(base, line) for line in lines if f"/subset={subset}/" in line)
     return files
+
+
+def crawl_of_path(path: str) -> str:
+    """The crawl id in a path of Common Crawl's (an index file's `crawl=…`, a WARC file's `crawl-data/…`)."""
+    match = CRAWL_IN_PATH.search(path)
+    if not match:
+        raise ValueError(f"{path} names no Common Crawl crawl (CC-MAIN-YYYY-WW)")
+    return match[0]
 
 
 @dataclass(frozen=True)
@@ -84,15 +104,11 @@ class RowGroup:
     last: str
 
 
-def row_groups(paths: Iterable[str]) -> list[RowGroup]:
-    """Every row group of the index files, file after file, from their footers' statistics."""
-    return [RowGroup(path, g, first, last) for path in paths
-            for g, (first, last) in enumerate(row_group_ranges(footer(path)))]
-
-
-def footer(path: str) -> pq.FileMetaData:
+def file_row_groups(path: str) -> list[RowGroup]:
+    """The row groups of one index file, from its footer's statistics."""
     with storage.open_file(path) as fh:
-        return pq.ParquetFile(fh).metadata
+        meta = pq.ParquetFile(fh).metadata
+    return [RowGroup(path, g, first, last) for g, (first, last) in enumerate(row_group_ranges(meta))]
 
 
 def row_group_ranges(meta: pq.FileMetaData) -> list[tuple[str, str]]:
@@ -106,20 +122,46 @@ def row_group_ranges(meta: pq.FileMetaData) -> list[tuple[str, str]]:
     return ranges
 
 
+def write_wanted(urls_path: str, out: str, skip: frozenset[str] = frozenset()) -> int:
+    """The URLs of a URL shard but `skip`, with their submission times, as a wanted file; returns how many."""
+    table = read_wanted(urls_path)
+    table = table.filter(pc.invert(pc.is_in(table["url"], value_set=pa.array(list(skip), pa.string()))))
+    write_parquet(table, out)
+    return table.num_rows
+
+
+def read_wanted(path: str) -> pa.Table:
+    """A wanted file (Parquet of `url` and `time`), or a URL shard's documents (every URL wanted)."""
+    if not path.endswith(".jsonl.zst"):
+        return read_parquet(path)
+    docs = list(read_documents(path))
+    return pa.table({"url": pa.array([d.url for d in docs], pa.string()),
+                     "time": pa.array([d.created_utc for d in docs], pa.int64())})
+
+
+def time_range(path: str) -> tuple[int, int] | tuple[()]:
+    """The earliest and latest time of a wanted file; () when it is empty."""
+    times = read_wanted(path)["time"]
+    return (pc.min(times).as_py(), pc.max(times).as_py()) if len(times) else ()
+
+
 def wanted_table(urls: Sequence[str], times: Sequence[int]) -> pa.Table:
     """The wanted URLs (`row`: their position in the shard) with their keys and times, by key."""
-    table = pa.table({"key": [surt_key(u) for u in urls], "row": np.arange(len(urls), dtype=np.int64),
+    table = pa.table({"key": pa.array([surt_key(u) for u in urls], pa.string()), "row": np.arange(len(urls), dtype=np.int64),
                       "time": np.asarray(times, dtype=np.int64)})
     return table.sort_by("key")
 
 
-def route_keys(keys: pa.Array, groups: Sequence[RowGroup]) -> tuple[pa.Table, np.ndarray]:
-    """The sorted, distinct `keys` each row group may hold (by key range), as rows (key, group), by
-    group; and how many each group got. Groups of different crawls overlap, so a key may go to several."""
+def route_keys(keys: pa.Array, groups: Sequence[RowGroup], crawls: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+    """The sorted, distinct `keys` each row group (of `crawls`, default all) may hold (by key range),
+    as rows (key, group), by group; and how many each group got. Groups of different crawls overlap,
+    so a key may go to several."""
     sorted_keys = np.asarray(keys.to_pylist(), dtype=object)
     counts = np.zeros(len(groups), dtype=np.int64)
     parts = []
     for g, group in enumerate(groups):
+        if crawls is not None and crawl_of_path(group.path) not in crawls:
+            continue
         lo, hi = np.searchsorted(sorted_keys, group.first, "left"), np.searchsorted(sorted_keys, group.last, "right")
         counts[g] = hi - lo
         if hi > lo:
@@ -151,14 +193,15 @@ def scan_index_file(path: str, keys: Sequence[str], numbers: Sequence[int] | Non
 ROUTED_ROWS = 4096  # rows per row group of a routed-keys file: a batch reads only the ones it needs
 
 
-def route_shard(wanted_path: str, groups: Sequence[RowGroup], out_dir: str, shard: str) -> np.ndarray:
-    """Pass 2 for one shard of wanted URLs (a Parquet file of `url` and `time`): its keyed rows by key
+def route_shard(wanted_path: str, groups: Sequence[RowGroup], out_dir: str, shard: str,
+                crawls: Sequence[str] | None = None) -> np.ndarray:
+    """Pass 2 for one shard of wanted URLs (`read_wanted`): its keyed rows by key
     (`out_dir`/wanted/SHARD.parquet) and its keys tagged with the row groups that may hold them
     (`out_dir`/routed/SHARD.parquet); returns how many keys each row group got."""
-    table = read_parquet(wanted_path)
+    table = read_wanted(wanted_path)
     wanted = wanted_table(table["url"].to_pylist(), table["time"].to_numpy())
     write_parquet(wanted, storage.join(out_dir, "wanted", f"{shard}.parquet"))
-    routed, counts = route_keys(wanted["key"].unique(), groups)
+    routed, counts = route_keys(wanted["key"].unique(), groups, crawls)
     write_parquet(routed, storage.join(out_dir, "routed", f"{shard}.parquet"), row_group_size=ROUTED_ROWS)
     return counts
 
@@ -229,18 +272,23 @@ def write_parquet(table: pa.Table, path: str, row_group_size: int | None = None)
 
 def nearest_captures(wanted: pa.Table, captures: pa.Table, max_days: int,
                      mimes: Sequence[str] = ("text/html", "application/xhtml+xml")) -> pa.Table:
-    """For each wanted row, the capture of its key nearest its time within `max_days`, among those
-    with status 200 and a page's MIME type; rows with none are left out."""
-    usable = captures.filter(pc.and_(pc.equal(captures["fetch_status"], 200),
-                                     pc.is_in(captures["content_mime_detected"], value_set=pa.array(list(mimes)))))
+    """For each wanted row, the capture of its key nearest its time within `max_days`: a page (status
+    200, a page's MIME type) if there is one, else a redirect (3xx with a target, from the
+    `crawldiagnostics` subset), which `redirect` marks; rows with neither are left out."""
+    status = captures["fetch_status"]
+    page = pc.and_(pc.equal(status, 200), pc.is_in(captures["content_mime_detected"], value_set=pa.array(list(mimes))))
+    redirect = pc.and_(pc.and_(pc.greater_equal(status, 300), pc.less(status, 400)),
+                       pc.is_valid(captures["fetch_redirect"]))
+    usable = captures.append_column("redirect", redirect).filter(pc.or_(page, redirect))
     joined = wanted.join(usable, keys="key", right_keys="url_surtkey", join_type="inner")
     if not joined.num_rows:
         return joined.append_column("distance_s", pa.array([], pa.int64()))
     seconds = pc.cast(pc.cast(joined["fetch_time"], pa.timestamp("s", tz="UTC")), pa.int64())
     distance = pc.abs(pc.subtract(seconds, joined["time"]))
     joined = joined.append_column("distance_s", distance).filter(pc.less_equal(distance, max_days * 86400))
-    # the nearest per row: sort by (row, distance, time), keep each row's first
-    ordered = joined.sort_by([("row", "ascending"), ("distance_s", "ascending"), ("fetch_time", "ascending")])
+    # the nearest per row: sort by (row, redirect, distance, time), keep each row's first
+    ordered = joined.sort_by([("row", "ascending"), ("redirect", "ascending"), ("distance_s", "ascending"),
+                              ("fetch_time", "ascending")])
     rows = ordered["row"].to_numpy()
     first = np.ones(len(rows), dtype=bool)
     first[1:] = rows[1:] != rows[:-1]

@@ -28,6 +28,8 @@ class Document:
     lang: str = ""
     lang_prob: float = 0.0
     n_tokens: int = 0
+    origin: str = ""    # where the page came from: live, a Common Crawl crawl id, or wayback:TIMESTAMP
+    captured: str = ""  # when that page was captured (ISO 8601)
     html: str = field(default="", repr=False)  # the fetched page, only until extraction; never stored
 
 

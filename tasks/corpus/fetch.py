@@ -25,6 +25,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.corpus.document import read_documents
+from tasks.corpus.warc import ORIGIN_HEADER
 from tasks.errors import STOPPING, Interrupted
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ WIRE_HEADERS = {"content-encoding", "transfer-encoding", "content-length"}
 # Outcomes that say the network (not the page) failed: retried by the next attempt, and the share of
 # them decides whether a fetch stage failed as a whole.
 NETWORK_FAILURES = ("timeout", "error_")
+# Outcomes whose page is stored: a live page, or a capture from a web archive.
+KEPT = ("ok", "archive_commoncrawl", "archive_wayback")
 BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04", b"\x1f\x8b", b"\x00\x00\x01\x00")
 
 
@@ -48,7 +51,8 @@ def is_binary(body: bytes) -> bool:
 
 @dataclass
 class Fetched:
-    """What came back for one URL: `outcome` is "ok" or the reason the page was not kept."""
+    """What came back for one URL: `outcome` is one of `KEPT` or the reason no page was kept. An
+    archived page keeps where it came from (`origin`) and when it was captured (`captured`, ISO 8601)."""
 
     url: str
     outcome: str
@@ -56,6 +60,8 @@ class Fetched:
     reason: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    origin: str = "live"
+    captured: str | None = None  # None: now
 
 
 class BlockedAddress(Exception):
@@ -198,7 +204,7 @@ class PageStore:
         return done
 
     def add(self, got: Fetched) -> None:
-        if got.outcome == "ok":
+        if got.outcome in KEPT:
             self.writer.write_record(warc_record(self.writer, got))
             self.warc.flush()
         else:
@@ -220,11 +226,13 @@ class PageStore:
 
 
 def warc_record(writer: WARCWriter, got: Fetched):
-    """A WARC response record holding the decoded body and the server's headers."""
+    """A WARC response record holding the decoded body and the server's headers; its `WARC-Date` is
+    when the page was captured and `OpenGPT2-Origin` where it came from."""
     headers = [(k, v) for k, v in got.headers if k.lower() not in WIRE_HEADERS]
     http_headers = StatusAndHeaders(f"{got.status} {got.reason}", headers, protocol="HTTP/1.1")
+    warc_headers = {ORIGIN_HEADER: got.origin, **({"WARC-Date": got.captured} if got.captured else {})}
     return writer.create_warc_record(got.url, "response", payload=io.BytesIO(got.body),
-                                     http_headers=http_headers)
+                                     http_headers=http_headers, warc_headers_dict=warc_headers)
 
 
 def fetch_into(store: PageStore, urls: list[str], cfg: dict[str, Any]) -> None:
@@ -260,7 +268,8 @@ def check_failures(stats: Counter, max_share: float, where: str) -> None:
     total = sum(stats.values())
     failed = Counter({k.removeprefix("fetch/"): v for k, v in stats.items()
                       if k.removeprefix("fetch/").startswith(NETWORK_FAILURES)})
-    if total and (sum(failed.values()) > max_share * total or not stats["fetch/ok"] and failed):
+    kept = sum(stats[f"fetch/{outcome}"] for outcome in KEPT)
+    if total and (sum(failed.values()) > max_share * total or not kept and failed):
         top = ", ".join(f"{reason} {n}" for reason, n in failed.most_common(3))
         raise FetchFailed(f"fetch of {where}: {sum(failed.values())} of {total} pages failed on the network ({top}), "
                           f"over corpus.fetch.max_network_failure_share={max_share}: is the network up? Nothing is "

@@ -10,6 +10,7 @@ from prefect import task
 from tasks import storage
 from tasks.caching import FilesAndCode, once
 from tasks.cluster import on_cluster
+from tasks.corpus.archive import fetch_archived, lookup, with_endpoints
 from tasks.corpus.fetch import fetch_to_warc
 from tasks.corpus.neardup import Source, bands_pairs, confirm_slices
 from tasks.corpus.shards import ShardPlan, ShardResult, finish_shard, process_shard
@@ -31,6 +32,22 @@ def fetch_task(urls_path: str, out: str, cfg: dict[str, Any], proxy: str | None 
     `proxy`, when given, overrides `cfg.proxy` and is left out of the cache key.
     """
     return on_cluster(fetch_to_warc, urls_path, out, {**cfg, "proxy": proxy or cfg.get("proxy")})
+
+
+@task(name="archive-lookup", cache_policy=FilesAndCode(files=("wanted",), exclude=("endpoints",), code=lookup))
+def archive_lookup_task(wanted: dict[str, str], out_dir: str, archive: dict[str, Any],
+                        endpoints: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """Common Crawl's nearest capture of every wanted URL ({shard: wanted file}) in bulk, each pass a
+    map over the cluster: {shard: captures file}. `endpoints` (the sample's archive) is not keyed."""
+    return lookup(wanted, out_dir, with_endpoints(archive, endpoints))
+
+
+@task(name="archive-fetch", cache_policy=FilesAndCode(files=("wanted", "captures"), exclude=("endpoints",),
+                                                      code=fetch_archived))
+def archive_fetch_task(wanted: str, captures: str, out: str, cfg: dict[str, Any],
+                       endpoints: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """The archived page of every URL in `wanted` into `out`/pages.warc.gz, resuming an interrupted run."""
+    return on_cluster(fetch_archived, wanted, captures, out, {**cfg, "archive": with_endpoints(cfg["archive"], endpoints)})
 
 
 @task(name="shard", cache_policy=FilesAndCode(files=("shard", "pipeline"), exclude=("force",), code=process_shard))

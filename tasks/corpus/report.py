@@ -10,13 +10,16 @@ from model.lineage import corpus_artifact
 from tasks import storage
 from tasks.corpus.step import funnel_rows
 
-SOURCE_ROWS = [("records read", "urls/records_read"), ("URLs kept", "urls/kept"), ("fetched", "fetch/ok")]
+SOURCE_ROWS = [("records read", "urls/records_read"), ("URLs kept", "urls/kept"), ("fetched", "fetch/ok"),
+               ("from web archives", ("fetch/archive_commoncrawl", "fetch/archive_wayback"))]
 FINAL_ROWS = [("after dedup", "dedup/kept"), ("≥ min tokens", "tokenize/kept"), ("tokens", "tokenize/tokens")]
 
 
 def funnel(stats: dict[str, int], pipeline: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
-    """(stage, count) from records read to tokens written, with a row for each enabled pipeline step."""
-    return [(label, int(stats.get(key, 0))) for label, key in SOURCE_ROWS + funnel_rows(pipeline) + FINAL_ROWS]
+    """(stage, count) from records read to tokens written, with a row for each enabled pipeline step
+    (a row of several counters counts their sum)."""
+    return [(label, sum(int(stats.get(k, 0)) for k in ((key,) if isinstance(key, str) else key)))
+            for label, key in SOURCE_ROWS + funnel_rows(pipeline) + FINAL_ROWS]
 
 
 def breakdown(stats: dict[str, int], prefix: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ from typing_extensions import TypedDict  # the one pydantic reads on Python 3.11
 
 from tasks import storage
 from tasks.storage import StoreError
+from tasks.corpus.archive_index import write_wanted
 from tasks.corpus.document import Document, read_documents, url_id, write_documents
 from tasks.corpus.neardup import Source, band_hashes, band_table, keep_positions
 from tasks.corpus.step import Step, build_steps, check_errors, run_steps
@@ -28,6 +29,7 @@ from tasks.corpus.tokenize import ShardWriter, route_to_shards, tokenize_documen
 from tasks.corpus.warc import warc_records
 
 log = logging.getLogger(__name__)
+WANTED = "wanted.parquet"  # a shard's URLs whose live page gave no article text
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,16 @@ class ShardPlan:
     start: int = 0
     end: int | None = None
     urls: str | None = None
+    want_archive: bool = False  # list the URLs whose page gave no article text, for the web archives
 
 
 class ShardResult(TypedDict):
-    """What the per-document steps leave of one shard: its documents for dedup, and its counters."""
+    """What the per-document steps leave of one shard: its documents for dedup, its counters, and
+    (with `want_archive`) the file of URLs the web archives are asked for."""
 
     source: Source
     stats: dict[str, int]
+    wanted: str | None
 
 
 def plan_warc_shards(warc_files: list[str], shard_bytes: int) -> list[ShardPlan]:
@@ -95,11 +100,11 @@ def shard_pages(shard: ShardPlan, stats: Counter) -> Iterator[Document]:
     span = (shard.end or storage.size(shard.warc)) - shard.start
     progress = Progress(shard.id, len(by_url) if by_url is not None else None)
     try:
-        for offset, url, html in warc_records(shard.warc, shard.start, shard.end):
-            progress.update(None if by_url is not None else (offset - shard.start) / max(span, 1))
-            doc = Document(id=url_id(url), url=url) if by_url is None else by_url.pop(url, None)
+        for page in warc_records(shard.warc, shard.start, shard.end):
+            progress.update(None if by_url is not None else (page.offset - shard.start) / max(span, 1))
+            doc = Document(id=url_id(page.url), url=page.url) if by_url is None else by_url.pop(page.url, None)
             if doc is not None:
-                doc.html = html
+                doc.html, doc.origin, doc.captured = page.html, page.origin, page.captured
                 yield doc
     except StoreError:  # the machine failed, not the file: the shard fails, no marker, and is redone
         raise
@@ -124,20 +129,24 @@ def process_shard(shard: ShardPlan, out_dir: str, pipeline: dict[str, dict[str, 
     with storage.staged_folder(out_dir) as local:
         n, stats = write_shard(shard, local, build_steps(pipeline), dedup, max_error_share)
     return ShardResult(source=Source(storage.join(out_dir, "docs.jsonl.zst"), storage.join(out_dir, "bands.npy"), n),
-                       stats=dict(stats))
+                       stats=dict(stats), wanted=storage.join(out_dir, WANTED) if shard.want_archive else None)
 
 
 def write_shard(shard: ShardPlan, out_dir: Path, steps: list[Step], dedup: dict[str, Any],
                 max_error_share: float) -> tuple[int, Counter]:
-    """`process_shard`'s work in a local folder: docs.jsonl.zst and bands.npy; returns (documents, counters)."""
+    """`process_shard`'s work in a local folder: docs.jsonl.zst, bands.npy and, with `want_archive`,
+    the URLs with no extracted page (`WANTED`); returns (documents, counters)."""
     stats: Counter = Counter()
     bands: list[np.ndarray] = []
-    docs = run_steps(shard_pages(shard, stats), steps, stats)
+    extracted: set[str] = set()
+    docs = run_steps(shard_pages(shard, stats), steps, stats, {"extract": lambda doc: extracted.add(doc.url)})
     if shard.urls:  # pages arrive in fetch-completion order; corpus order is the dump's (text only: small)
         order = {d.url: i for i, d in enumerate(read_documents(shard.urls))}
         docs = iter(sorted(docs, key=lambda d: order[d.url]))
     n = write_documents(out_dir / "docs.jsonl.zst", with_band_keys(docs, dedup, bands))
     check_errors(stats, steps, max_error_share, f"shard {shard.id}")  # before the done marker
+    if shard.want_archive:
+        write_wanted(shard.urls, str(out_dir / WANTED), frozenset(extracted))
     np.save(out_dir / "bands.npy", band_table(np.array(bands, dtype=np.uint64).reshape(n, dedup["bands"])))
     return n, stats
 

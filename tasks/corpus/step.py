@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from hydra.utils import get_class, instantiate
@@ -85,11 +85,21 @@ def build_steps(pipeline: dict[str, dict[str, Any]]) -> list[Step]:
     return [instantiate(entry) for entry in enabled_steps(pipeline).values()]
 
 
-def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter) -> Iterator[Document]:
-    """Chain the steps lazily: one document at a time goes through all of them."""
+def run_steps(docs: Iterable[Document], steps: list[Step], stats: Counter,
+              taps: dict[str, Callable[[Document], None]] | None = None) -> Iterator[Document]:
+    """Chain the steps lazily: one document at a time goes through all of them. `taps[name]` sees
+    each document the step `name` kept."""
     for step in steps:
         docs = step(docs, stats)
+        if taps and step.name in taps:
+            docs = tapped(docs, taps[step.name])
     return iter(docs)
+
+
+def tapped(docs: Iterable[Document], tap: Callable[[Document], None]) -> Iterator[Document]:
+    for doc in docs:
+        tap(doc)
+        yield doc
 
 
 def funnel_rows(pipeline: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:

@@ -6,13 +6,14 @@ import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import charset_normalizer
 from warcio.archiveiterator import ArchiveIterator
 
 from tasks import storage
 
+ORIGIN_HEADER = "OpenGPT2-Origin"  # where a page came from: live, a Common Crawl crawl id, or wayback:TIMESTAMP
 CHARSET_IN_HEADER = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 CHARSET_IN_META = re.compile(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", re.I)
 
@@ -66,8 +67,20 @@ def _inflates_to_warc(fh: IO[bytes], offset: int) -> bool:
         return False
 
 
-def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str, str]]:
-    """(offset, url, decoded html) of each response record in a WARC file (a path or a store URL)
+class WarcPage(NamedTuple):
+    """One response record: where it starts, its URL and decoded HTML, where the page came from (the
+    `OpenGPT2-Origin` header: live, a Common Crawl crawl id, wayback:TIMESTAMP; "" when another
+    tool wrote the file) and when it was captured (`WARC-Date`)."""
+
+    offset: int
+    url: str
+    html: str
+    origin: str
+    captured: str
+
+
+def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> Iterator[WarcPage]:
+    """The `WarcPage` of each response record in a WARC file (a path or a store URL)
     that starts at a byte offset in [start, end): a big WARC is cut into shards by byte ranges, each
     shard seeks to its first record, and every record belongs to exactly one shard. Only the range
     and the one record that crosses its end are read.
@@ -89,6 +102,8 @@ def warc_records(path: str | Path, start: int = 0, end: int | None = None) -> It
                 if getattr(record.raw_stream, "limit", 0):  # fewer bytes than its Content-Length: cut off
                     raise EOFError(f"the record at byte {offset} is cut off")
                 content_type = record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
-                yield offset, record.rec_headers.get_header("WARC-Target-URI"), decode_html(body, content_type)
+                headers = record.rec_headers
+                yield WarcPage(offset, headers.get_header("WARC-Target-URI"), decode_html(body, content_type),
+                               headers.get_header(ORIGIN_HEADER, ""), headers.get_header("WARC-Date", ""))
             if end is not None and offset + records.get_record_length() >= end:  # the next one starts past it
                 return
