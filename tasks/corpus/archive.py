@@ -39,6 +39,7 @@ from tasks.errors import STOPPING, Interrupted
 
 log = logging.getLogger(__name__)
 WAYBACK_TIME = "%Y%m%d%H%M%S"
+MAX_BLOCK = 8 << 20  # bytes of neighbouring records read in one request at most: a task holds `concurrency` of them
 
 
 def with_endpoints(archive: dict[str, Any], endpoints: dict[str, dict[str, str]] | None) -> dict[str, Any]:
@@ -134,7 +135,8 @@ def record_blocks(captures: pa.Table, base: str, max_gap: int) -> list[tuple[str
     ends = [s + n for s, n in zip(starts, captures["warc_record_length"].to_pylist())]
     order = sorted(range(len(files)), key=lambda i: (files[i], starts[i]))
     paths, begins, stops = fsspec.utils.merge_offset_ranges([files[i] for i in order], [starts[i] for i in order],
-                                                            [ends[i] for i in order], max_gap=max_gap, sort=False)
+                                                            [ends[i] for i in order], max_gap=max_gap,
+                                                            max_block=MAX_BLOCK, sort=False)
     blocks, k = [], 0
     for path, begin, stop in zip(paths, begins, stops):
         inside = []
@@ -181,15 +183,13 @@ def parse_record(data: bytes, url: str, origin: str, captured: str) -> Fetched:
 
 def commoncrawl_pages(captures: pa.Table, urls: list[str], cc: dict[str, Any]) -> Iterator[Fetched]:
     """The page of each capture (`row`: its URL's index in `urls`), read by byte range."""
-    rows = captures["row"].to_pylist()
-    names = captures["warc_filename"].to_pylist()
-    times = captures["fetch_time"].to_pylist()
+    rows, names, times, offsets, lengths = (captures[c].to_pylist() for c in (
+        "row", "warc_filename", "fetch_time", "warc_record_offset", "warc_record_length"))
     blocks = record_blocks(captures, cc["base"], cc["max_gap"])
     for b, data in read_blocks(blocks, cc["concurrency"]):
         _, start, _, inside = blocks[b]
         for i in inside:
-            offset = captures["warc_record_offset"][i].as_py() - start
-            record = data[offset:offset + captures["warc_record_length"][i].as_py()]
+            record = data[offsets[i] - start:offsets[i] - start + lengths[i]]
             url = urls[rows[i]]
             try:
                 yield parse_record(record, url, ai.crawl_of_path(names[i]), times[i].isoformat())
