@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000000
 
-.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-generate bench-playground bench-archive chaos playground browser serve stop refresh clean
+.PHONY: help setup demo test corpus train eval generate export dashboard sample bench-corpus bench-scale bench-train bench-data bench-generate bench-playground bench-archive chaos playground browser serve stop refresh clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -88,8 +88,11 @@ bench-archive: $(STAMP)  ## the archive lookup of corpus.fetch.mode=archive on a
 chaos: $(DEV_STAMP)  ## the corpus on S3 (moto) behind a fault proxy, a worker and the flow killed: nothing lost? (ARGS="seed=1 rate=0.2 pages=1200 files=6")
 	$(PY) -m tests.chaos $(ARGS)
 
-bench-train: $(STAMP)  ## tokens/s and MFU of the training step (GPU: run bench/gpu.sh for the anchors beside it)
+bench-train: $(STAMP)  ## tokens/s of the training step; on a CPU beside a plain PyTorch loop, alternated, best of 3 (GPU: run bench/gpu.sh for the anchors beside it)
 	$(PY) -m bench.train $(ARGS)
+
+bench-data: $(DEV_STAMP)  ## loader tokens/s from a local folder and from S3 (moto, from the dev extra) with 1, 2, 4 workers at block 128 and 1,024, and the time to the first batch (ARGS="TOKENS=… FILES=… BATCH=… SECONDS=…")
+	$(PY) -m bench.data $(ARGS)
 
 bench-generate: $(STAMP)  ## decoding tokens/s beside transformers' generate (same weights, batch 1, 256 tokens)
 	$(PY) -m bench.generate $(ARGS)

@@ -1,5 +1,8 @@
 """`make bench-train`: tokens/s and MFU of the project's training step (Lightning + the configured
-strategy) on random tokens, to print beside ../shared/bench/gpu_anchor.py measured in the same run.
+strategy, fed by the project's loader from a token folder of random tokens). On a GPU, to print
+beside ../shared/bench/gpu_anchor.py measured in the same run; on a CPU, beside a plain PyTorch loop
+with no framework (the same GPT, windows, batch, fused AdamW, clipping and schedule), the two
+alternated, best of 3 each.
 
     python -m bench.train [memory_cap_gib=N] [hydra overrides]
 Default: gpt2 on the GPU with deepspeed_zero2, B=16 x T=1024; without a GPU, gpt2-tiny on the CPU.
@@ -19,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from flows.common import load_config
-from model.data import RandomWindows
+from model.data import Epochs, TokenDataModule, TokenShards, WindowBatches
+from model.gpt import lm_loss
 from model.lit import GPTLightning
 from model.train import accumulation, make_trainer
 
@@ -38,6 +42,51 @@ class StepTimer(pl.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
+def lightning_run(cfg: dict, data_dir: str) -> tuple[float, GPTLightning]:
+    """Tokens/s of the project's path: `make_trainer` and `TokenDataModule`, after the warmup steps."""
+    tr, d = cfg["trainer"], cfg["data"]
+    module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], cfg["fit"]["activation_checkpointing"],
+                          cfg["fit"]["compile"])
+    data = TokenDataModule(data_dir, cfg["model"]["block_size"], d["batch_size"], cfg["seed"], d["num_workers"],
+                           d["sampling"], d["shuffle_buffer"])
+    timer = StepTimer()
+    make_trainer(cfg, Path(mkdtemp()), False, [timer]).fit(module, datamodule=data)
+    steps = tr["max_steps"] - WARMUP_STEPS
+    return steps * d["batch_size"] * cfg["model"]["block_size"] * accumulation(cfg) / timer.seconds, module
+
+
+def plain_run(cfg: dict, data_dir: str) -> float:
+    """Tokens/s of a plain PyTorch loop over the same windows: forward, loss, backward, clip, fused
+    AdamW step and LR schedule, as `GPTLightning` configures them."""
+    torch.manual_seed(cfg["seed"])
+    module = GPTLightning(cfg["model"], cfg["optim"], cfg["trainer"]["max_steps"])
+    model, optimizers = module.model, module.configure_optimizers()
+    opt, schedule = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    block, batch = cfg["model"]["block_size"], cfg["data"]["batch_size"]
+    tokens = TokenShards(data_dir, "train")
+    loader = DataLoader(WindowBatches(tokens, Epochs(tokens.sizes, block, cfg["seed"], batch), block), batch_size=None)
+    model.train()
+    for step, (x, y) in zip(range(cfg["trainer"]["max_steps"]), loader):
+        if step == WARMUP_STEPS:
+            start = time.perf_counter()
+        loss = lm_loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["trainer"]["gradient_clip_val"])
+        opt.step()
+        schedule.step()
+        opt.zero_grad(set_to_none=True)
+    return (cfg["trainer"]["max_steps"] - WARMUP_STEPS) * batch * block / (time.perf_counter() - start)
+
+
+def token_folder(tokens: int) -> str:
+    """A token folder of `tokens` random GPT-2 ids, in the corpus flow's format."""
+    folder = Path(mkdtemp(prefix="bench-train-"))
+    np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(folder / "train-0.bin")
+    (folder / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "train-0.bin", "tokens": tokens}],
+                                                                 "val": []}}))
+    return str(folder)
+
+
 def main(args: list[str]) -> None:
     caps = [float(a.split("=", 1)[1]) for a in args if a.startswith("memory_cap_gib=")]
     overrides = [a for a in args if not a.startswith("memory_cap_gib=")]
@@ -49,21 +98,28 @@ def main(args: list[str]) -> None:
                        "callbacks.checkpoint_every_n_steps=100000", "fit.resume=false", "trainer.max_steps=30",
                        *overrides])
     tr, batch, block = cfg["trainer"], cfg["data"]["batch_size"], cfg["model"]["block_size"]
-    module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], cfg["fit"]["activation_checkpointing"],
-                          cfg["fit"]["compile"])
-    tokens = np.random.default_rng(0).integers(0, 50257, 10_000_000, dtype=np.uint16)
-    data = DataLoader(RandomWindows(tokens, block, cfg["seed"]), batch_size=batch)
-    timer = StepTimer()
-    trainer = make_trainer(cfg, Path(mkdtemp()), False, [timer])
-    trainer.fit(module, train_dataloaders=data)
-    steps = tr["max_steps"] - WARMUP_STEPS
-    tokens_per_s = steps * batch * block * accumulation(cfg) / timer.seconds
+    data_dir = token_folder(10_000_000)
+    plain = []
+    if torch.cuda.is_available():
+        tokens_per_s, module = lightning_run(cfg, data_dir)
+    else:  # alternated, so that a slow spell of a shared machine hits both
+        ours = []
+        for _ in range(3):
+            ours.append(lightning_run(cfg, data_dir))
+            plain.append(plain_run(cfg, data_dir))
+        tokens_per_s, module = max(ours, key=lambda run: run[0])
+        print(f"CPU, {cfg['model']['name']}, batch {batch} x {block}, best of 3 alternated: project {tokens_per_s:,.0f} "
+              f"tokens/s, plain PyTorch loop {max(plain):,.0f} tokens/s: x{tokens_per_s / max(plain):.3f} "
+              f"(project runs: {', '.join(f'{r:,.0f}' for r, _ in ours)}; plain: "
+              f"{', '.join(f'{r:,.0f}' for r in plain)})", file=sys.stderr)
     n_params = sum(p.numel() for p in module.parameters())
     strategy = tr["strategy"] if isinstance(tr["strategy"], str) else tr["strategy"]["_target_"].rsplit(".", 1)[1]
     result = {"name": f"opengpt2_{cfg['model']['name']}_{strategy}", "tok_per_s": round(tokens_per_s),
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "B": batch, "T": block, "params_M": round(n_params / 1e6, 1),
               "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None}
+    if plain:
+        result.update(plain_tok_per_s=round(max(plain)), vs_plain=round(tokens_per_s / max(plain), 3))
     if cfg["callbacks"]["peak_flops"]:
         result["mfu"] = round(tokens_per_s * module.model.flops_per_token() / cfg["callbacks"]["peak_flops"], 3)
     devices = max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1

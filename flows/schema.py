@@ -73,6 +73,10 @@ class Data(Strict):
     batch_size: Positive
     global_batch_tokens: Positive | None
     num_workers: NonNegative
+    sampling: Literal["shuffle", "random"]
+    shuffle_buffer: Positive
+    cache_dir: str
+    cache_gb: Annotated[float, Field(gt=0)]
 
 
 class Callbacks(Strict):
@@ -101,6 +105,8 @@ class Eval(Strict):
     max_tokens: Positive
     device: str
     dtype: Literal["float32", "bfloat16", "float16"]
+    cache_dir: str
+    cache_gb: Annotated[float, Field(gt=0)]
     benchmarks_dir: str | None
     benchmarks: dict[str, str]
 

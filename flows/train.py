@@ -22,11 +22,11 @@ TRAIN_SETTINGS = ("model", "optim", "trainer", "data", "callbacks", "fit", "logg
 def corpus_dir(cfg: dict[str, Any]) -> str:
     """The token shards for `cfg.corpus`, running the corpus flow when they do not exist yet."""
     tokens = token_dir(cfg)
+    if storage.exists(storage.join(tokens, FILE)):
+        return tokens  # a store URL is streamed through a local cache (data.cache_dir)
     if not storage.is_local(tokens):
-        raise UserError(f"corpus.out_dir={cfg['corpus']['out_dir']}: training reads token shards from a local "
-                         "folder; copy the corpus's tokens/ folder down and point corpus.out_dir at it")
-    if Path(tokens, FILE).exists():
-        return tokens
+        raise UserError(f"corpus.out_dir={cfg['corpus']['out_dir']}: no corpus at {tokens} ({FILE} missing): "
+                        "build it there first (make corpus)")
     with given(cfg):
         return corpus_flow()["data_dir"]
 
@@ -43,7 +43,7 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["init_from"]:
         check_init_from(Path(cfg["init_from"]), cfg["model"])
     tokens_dir = token_dir(cfg)
-    if storage.is_local(tokens_dir) and Path(tokens_dir, FILE).exists():
+    if storage.exists(storage.join(tokens_dir, FILE)):
         tokens = Manifest.read(tokens_dir).tokens("train")
         if tokens <= cfg["model"]["block_size"]:
             raise UserError(f"the corpus at {tokens_dir} has {tokens:,} train tokens, not one block of "

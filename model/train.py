@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 
 from model.callbacks import NonFiniteGuard, SampleTable, SaveOnSignal, StepProgress, Throughput
-from model.data import TokenDataModule, TokenShards
+from model.data import TokenDataModule
 from model.gpt import GPT
 from model.lineage import record_checkpoint, record_corpus
 from model.lit import GPTLightning
@@ -66,8 +66,9 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     tr, run = cfg["trainer"], cfg["fit"]
     last = Path(ckpt_dir) / "last.ckpt"
     module = GPTLightning(cfg["model"], cfg["optim"], tr["max_steps"], run["activation_checkpointing"], run["compile"])
-    data = TokenDataModule(data_dir, cfg["model"]["block_size"], cfg["data"]["batch_size"], cfg["seed"],
-                           cfg["data"]["num_workers"])
+    d = cfg["data"]
+    data = TokenDataModule(data_dir, cfg["model"]["block_size"], d["batch_size"], cfg["seed"], d["num_workers"],
+                           d["sampling"], d["shuffle_buffer"], d["cache_dir"], d["cache_gb"])
     module.corpus = Manifest.read(data_dir).identity()  # recorded in every checkpoint
     logger = make_logger(cfg)
     if logger:
@@ -77,7 +78,7 @@ def fit(cfg: dict[str, Any], data_dir: str, ckpt_dir: str, callbacks: list[pl.Ca
     if init_from and not resume:  # a run's own checkpoint wins over its starting point
         module.model.copy_weights_from(GPT.from_hf(init_from))
     print(f"train: {cfg['model']['name']} ({module.model.num_params() / 1e6:.1f}M parameters) on "
-          f"{len(TokenShards(Path(data_dir), 'train')):,} tokens from {data_dir}, {tr['max_steps']} steps, "
+          f"{Manifest.read(data_dir).tokens('train'):,} tokens from {data_dir}, {tr['max_steps']} steps, "
           f"{'resuming from ' + str(last) if resume else 'from ' + (init_from or 'scratch')}", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)

@@ -12,7 +12,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from flows.common import load_config
-from model.data import RandomWindows, TokenShards
+from model.data import RandomDraws, TokenShards, WindowBatches
 from tasks.storage import file_key
 from tasks.corpus.document import Document, read_documents
 from tasks.corpus.warc import warc_records
@@ -169,7 +169,8 @@ def test_token_shards_read_across_file_ends_without_loading_them_all(three_shard
 
 def test_random_windows_over_shards_equal_those_over_one_array(three_shards):
     folder, whole = three_shards
-    over_shards, over_array = RandomWindows(TokenShards(folder, "train"), 64, 1), RandomWindows(whole, 64, 1)
+    draws = RandomDraws(len(whole), 64, seed=1, batch=4)
+    over_shards, over_array = WindowBatches(TokenShards(folder, "train"), draws, 64), WindowBatches(whole, draws, 64)
     for (x1, y1), (x2, y2), _ in zip(over_shards, over_array, range(50)):
         assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
 

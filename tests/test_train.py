@@ -27,11 +27,17 @@ def train_cfg(*overrides):
 
 
 class LossRecorder(pl.Callback):
+    """Each step's loss and the windows it trained on."""
+
     def __init__(self):
-        self.losses = {}
+        self.losses, self.windows = {}, {}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.losses[trainer.global_step] = outputs["loss"].item()
+        self.windows[trainer.global_step] = batch[0].tolist()
+
+    def on_train_end(self, trainer, module):
+        self.weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class SigtermAt(pl.Callback):
@@ -44,7 +50,8 @@ class SigtermAt(pl.Callback):
 
 
 def test_resume_after_sigterm_reproduces_the_uninterrupted_run(shards, tmp_path):
-    cfg = train_cfg("trainer.max_steps=40", "callbacks.checkpoint_every_n_steps=1000")
+    """Killed mid-epoch (an epoch is 140 batches here) and resumed: the same windows and weights."""
+    cfg = train_cfg("trainer.max_steps=40", "callbacks.checkpoint_every_n_steps=1000", "data.num_workers=2")
     whole = LossRecorder()
     fit(cfg, shards, str(tmp_path / "whole"), [whole])
 
@@ -55,6 +62,8 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_run(shards, tmp_path)
     assert sorted(second.losses) == list(range(cut + 1, 41))
     for step in range(cut + 1, 41):
         assert second.losses[step] == pytest.approx(whole.losses[step], abs=1e-3)
+        assert second.windows[step] == whole.windows[step]
+    assert max((whole.weights[k] - second.weights[k]).abs().max().item() for k in whole.weights) < 1e-5
     assert whole.losses[40] < whole.losses[1] - 1.0
 
 

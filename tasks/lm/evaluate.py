@@ -2,14 +2,13 @@
 and their overlap with the training corpus."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from prefect import task
 
 from model.benchmarks import Benchmark, available_benchmarks, benchmark_text, score
-from model.data import TokenShards
+from model.data import ShardCache, TokenShards
 from model.evaluate import perplexity
 from model.checkpoint import load_gpt
 from model.manifest import Manifest
@@ -20,7 +19,7 @@ from tasks.corpus.document import corpus_documents
 
 def val_perplexity(model: torch.nn.Module, data_dir: str, cfg: dict[str, Any]) -> dict[str, float]:
     """Perplexity on up to `cfg.max_tokens` tokens of the val split, per GPT-2 BPE token."""
-    tokens = TokenShards(Path(data_dir), "val")[: cfg["max_tokens"]]
+    tokens = TokenShards(data_dir, "val", ShardCache(cfg["cache_dir"], int(cfg["cache_gb"] * 2**30)))[: cfg["max_tokens"]]
     ids = torch.from_numpy(tokens.astype("int64"))
     return {"eval/perplexity_strided": perplexity(model, ids, cfg["context"], stride(cfg)), "eval/tokens": float(ids.numel())}
 
@@ -32,7 +31,7 @@ def stride(cfg: dict[str, Any]) -> int:
 def contamination(data_dir: str, benchmarks: list[Benchmark]) -> dict[str, float]:
     """Percent of each benchmark's 8-grams that occur in the training documents."""
     tokens = Manifest.read(data_dir).stats.get("tokenize/tokens", 0)
-    bloom = ngram_filter((d.text for d in corpus_documents(Path(data_dir))), expected=tokens)  # words < tokens
+    bloom = ngram_filter((d.text for d in corpus_documents(data_dir)), expected=tokens)  # words < tokens
     return {b.name: 100 * overlap(bloom, benchmark_text(b)) for b in benchmarks}
 
 
