@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import fsspec
@@ -60,6 +61,7 @@ def main(args: list[str]) -> None:
                                                                 ("SECONDS", 3)))
     work = Path(tempfile.mkdtemp(prefix="bench-data-"))
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on fewer cores: measured
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
