@@ -44,11 +44,22 @@ def check_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
         check_init_from(Path(cfg["init_from"]), cfg["model"])
     tokens_dir = token_dir(cfg)
     if storage.exists(storage.join(tokens_dir, FILE)):
-        tokens = Manifest.read(tokens_dir).tokens("train")
-        if tokens <= cfg["model"]["block_size"]:
-            raise UserError(f"the corpus at {tokens_dir} has {tokens:,} train tokens, not one block of "
-                            f"model.block_size={cfg['model']['block_size']} + 1: build a bigger corpus")
+        check_corpus_size(Manifest.read(tokens_dir), tokens_dir, cfg)
     return cfg
+
+
+def check_corpus_size(manifest: Manifest, tokens_dir: str, cfg: dict[str, Any]) -> None:
+    """UserError when the train split holds no block, or (shuffled epochs) not one batch for every rank."""
+    tokens, block, tr = manifest.tokens("train"), cfg["model"]["block_size"], cfg["trainer"]
+    if tokens <= block:
+        raise UserError(f"the corpus at {tokens_dir} has {tokens:,} train tokens, not one block of "
+                        f"model.block_size={block} + 1: build a bigger corpus")
+    ranks = (tr["devices"] if isinstance(tr["devices"], int) and tr["devices"] > 0 else 1) * tr["num_nodes"]
+    windows = sum((s["tokens"] - 1) // block for s in manifest.splits["train"])
+    if cfg["data"]["sampling"] == "shuffle" and windows < cfg["data"]["batch_size"] * ranks:
+        raise UserError(f"the corpus at {tokens_dir} has {windows:,} windows of model.block_size={block}, fewer than "
+                        f"a batch of data.batch_size={cfg['data']['batch_size']} on each of {ranks} ranks: build a "
+                        "bigger corpus, or use data.sampling=random")
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:

@@ -135,6 +135,9 @@ def test_training_on_a_corpus_smaller_than_one_block_is_refused(tmp_path):
     (tokens / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "t.bin", "tokens": 100}], "val": []}}))
     with pytest.raises(UserError, match="has 100 train tokens, not one block of model.block_size=128"):
         check_inputs(cfg)
+    (tokens / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "t.bin", "tokens": 700}], "val": []}}))
+    with pytest.raises(UserError, match="has 5 windows of model.block_size=128, fewer than a batch of data.batch_size=8"):
+        check_inputs(cfg)
 
 
 @pytest.mark.parametrize("prompt", ["plain", "It's \"quoted\" \\ and a backslash", "a, b [c] = {d}", "ends\\"])
