@@ -16,7 +16,7 @@ from flows import forms
 from flows.common import (cached, check_benchmarks, command, flow_config, store_task, task_runner,
                           stopping_on_signal, token_dir, unless_stopping, wait_with_progress)
 from model.manifest import FILE, SPLITS, Manifest
-from sample.web import serve_sample
+from sample.web import Sample, serve_sample
 from tasks import storage
 from tasks.caching import code_version, targets
 from tasks.cluster import cluster_threads
@@ -140,28 +140,36 @@ def corpus_code_version(cfg: dict[str, Any]) -> str:
     return code_version(sys.modules[shards.__name__], *targets(cfg["corpus"]["pipeline"]))
 
 
+def page_shards(cfg: dict[str, Any], work: Path, sample: Sample | None) -> tuple[list[ShardPlan], list[ShardResult], list]:
+    """Every shard of pages through the per-document steps: WARC files cut by bytes, or the dumps'
+    URLs fetched as `corpus.fetch.mode` says (live; archive; live, then the archives for the URLs
+    that gave no article text, as shards of their own). Returns the plan, each shard's result, and
+    the results of the stages before (for their counters)."""
+    c = cfg["corpus"]
+    if c["source"] == "warc":
+        plan = plan_warc_shards(c["warc_files"], c["shard_bytes"])
+        return plan, run_shards(cfg, plan, []), []
+    mode = c["fetch"]["mode"]
+    live, fetches, urls = fetched_shards(cfg, work, sample and sample.proxy)
+    processed = run_shards(cfg, live, fetches) if mode != "archive" else []
+    plan = live if mode != "archive" else []
+    if mode != "live":
+        urls_of = {shard.id: shard.urls for shard in live}
+        wanted = {shard.id: p["wanted"] for shard, p in zip(live, processed)} if processed else urls_of
+        archived, archive_fetches = archived_shards(cfg, work, wanted, urls_of, sample and sample.endpoints)
+        plan, fetches = plan + archived, fetches + archive_fetches
+        processed += run_shards(cfg, archived, archive_fetches)
+    return plan, processed, [urls, *(f.result() for f in fetches)]
+
+
 @flow(name="build-corpus", log_prints=True)
 def build_corpus(cfg: dict[str, Any]) -> dict[str, Any]:
     """Shards, the steps per shard, near-dup removal across shards, then tokens; returns the token
     folder and every counter. With `corpus.source=warc` the pages come from `corpus.warc_files`."""
     c = cfg["corpus"]
-    work, mode = Path(c["out_dir"]), c["fetch"]["mode"]
     serve = c["serve_sample_web"] and c["source"] == "fetch"
     with stopping_on_signal(), serve_sample() if serve else nullcontext() as sample:  # until every fetch has finished
-        if c["source"] == "fetch":
-            plan, fetches, urls = fetched_shards(cfg, work, sample and sample.proxy)
-            early = [urls]
-        else:
-            plan, fetches, early = plan_warc_shards(c["warc_files"], c["shard_bytes"]), [], []
-        processed = run_shards(cfg, plan, fetches) if mode != "archive" or c["source"] == "warc" else []
-        if c["source"] == "fetch" and mode != "live":
-            urls_of = {shard.id: shard.urls for shard in plan}
-            wanted = {shard.id: p["wanted"] for shard, p in zip(plan, processed)} if processed else urls_of
-            archived, archive_fetches = archived_shards(cfg, work, wanted, urls_of, sample and sample.endpoints)
-            plan = ([] if mode == "archive" else plan) + archived
-            processed += run_shards(cfg, archived, archive_fetches)
-            fetches += archive_fetches
-        early += [f.result() for f in fetches]
+        plan, processed, early = page_shards(cfg, Path(c["out_dir"]), sample)
     sources = earlier_sources(c["dedup"]["against"]) + [p["source"] for p in processed]
     finished = tokenize_shards(cfg, plan, sources, dedup_phases(cfg, sources, len(plan)))
     stats = merge_stats(*early, *processed, *finished)

@@ -109,15 +109,15 @@ def s3_corpus():
     fsspec.filesystem("s3").clear_instance_cache()
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir("corpus")
-    sizes = [1200, 901, 700]
+    sizes = [300, 251, 200]
     tokens = np.arange(sum(sizes), dtype=np.uint16)
     parts = np.split(tokens, np.cumsum(sizes)[:-1])
     for k, part in enumerate(parts):
         fs.pipe(f"corpus/tokens/train-{k}.bin", part.tobytes())
-    fs.pipe("corpus/tokens/val-0.bin", tokens[:300].tobytes())
+    fs.pipe("corpus/tokens/val-0.bin", tokens[:100].tobytes())
     fs.pipe("corpus/tokens/manifest.json", json.dumps({"splits": {
         "train": [{"bin": f"train-{k}.bin", "tokens": n} for k, n in enumerate(sizes)],
-        "val": [{"bin": "val-0.bin", "tokens": 300}]}}).encode())
+        "val": [{"bin": "val-0.bin", "tokens": 100}]}}).encode())
     try:
         yield "s3://corpus/tokens", np.array(sizes), env
     finally:
@@ -144,4 +144,4 @@ def test_two_ddp_ranks_read_the_corpus_from_s3_disjoint_and_together_once_per_ep
 def test_token_shards_from_a_store_read_what_the_local_files_hold(s3_corpus, tmp_path):
     url, sizes, _ = s3_corpus
     shards = TokenShards(url, "train", ShardCache(tmp_path / "cache", 1 << 30))
-    assert len(shards) == sizes.sum() and shards[1190:1210].tolist() == list(range(1190, 1210))
+    assert len(shards) == sizes.sum() and shards[290:310].tolist() == list(range(290, 310))
