@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -113,6 +114,33 @@ def store_plugin(settings: dict[str, Any]) -> Any:
             storage.configure(settings)
 
     return StoreSettings()
+
+
+_pace_lock = threading.Lock()
+_pace_next: dict[str, float] = {}
+
+
+def pace(name: str, per_s: float) -> None:
+    """Wait for the next free moment of the service `name`, which gets at most `per_s` calls a second
+    from the whole run: across the Dask cluster when called on a worker (the next free moment is a
+    Dask `Variable`, taken under a Dask `Lock`), else across this process's threads."""
+    try:
+        from distributed import Lock, Variable, get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not on a Dask worker
+        with _pace_lock:
+            slot = max(time.time(), _pace_next.get(name, 0.0))
+            _pace_next[name] = slot + 1 / per_s
+    else:
+        with Lock(f"opengpt2-pace-{name}"):
+            shared = Variable(f"opengpt2-pace-{name}")
+            try:
+                slot = max(time.time(), shared.get(timeout=0.1))
+            except TimeoutError:  # the first call of the run
+                slot = time.time()
+            shared.set(slot + 1 / per_s)
+    time.sleep(max(0.0, slot - time.time()))
 
 
 def cluster_threads() -> int | None:

@@ -3,17 +3,21 @@ written by `sample.archive` and served on loopback (or from moto's S3 behind the
 from __future__ import annotations
 
 import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
 import pyarrow as pa
 import pytest
 import yaml
+from distributed import Client, LocalCluster
 from moto import server as moto_server
 from warcio.archiveiterator import ArchiveIterator
 
 from sample.archive import Capture, write_archive
 from sample.web import archive_endpoints, make_archive_handler, serving
+from tasks.cluster import pace
 from tasks.corpus import archive
 from tasks.corpus.archive_index import write_parquet
 from tasks.corpus.document import Document, write_documents
@@ -169,3 +173,24 @@ def test_records_read_from_s3_back_off_on_slowdown_and_all_arrive(s3_behind_faul
     assert s3_behind_fault_proxy.faults["slowdown", "get_warc"] >= 1
     assert result["stats"]["fetch/archive_commoncrawl"] == 3
     assert "A near" in pages_of(tmp_path / "pages" / "pages.warc.gz")["http://a.example/story"][0]
+
+
+def calls_paced(name: str, per_s: float, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        pace(name, per_s)
+        times.append(time.time())
+    return times
+
+
+def test_the_wayback_pace_holds_for_the_whole_run_across_threads_and_dask_workers():
+    with ThreadPoolExecutor(2) as threads:
+        local = sorted(t for part in threads.map(calls_paced, ["local-test"] * 2, [20] * 2, [5] * 2) for t in part)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        futures = client.map(calls_paced, ["dask-test"] * 2, [20] * 2, [5] * 2, pure=False)
+        calls = client.gather(futures)
+        workers = {w for w in client.who_has(futures).values() for w in w}
+        on_cluster = sorted(t for part in calls for t in part)
+    for times in (local, on_cluster):
+        assert min(b - a for a, b in zip(times, times[1:])) >= 0.05 - 0.005  # 20 a second, from both together
+    assert len(workers) == 2

@@ -17,11 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec.utils
 import httpx
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from warcio.archiveiterator import ArchiveIterator
 
 from tasks import storage
-from tasks.cluster import cluster_map
+from tasks.cluster import cluster_map, pace
 from tasks.corpus import archive_index as ai
 from tasks.corpus.fetch import HTML_TYPES, Fetched, PageStore, check_failures, is_binary, retry_policy
 from tasks.errors import STOPPING, Interrupted
@@ -199,20 +198,18 @@ def commoncrawl_pages(captures: pa.Table, urls: list[str], cc: dict[str, Any]) -
 
 
 class Wayback:
-    """The Wayback Machine's CDX API and raw replay, at most `requests_per_s` requests a second."""
+    """The Wayback Machine's CDX API and raw replay, at most `requests_per_s` requests a second from
+    the whole run (every fetch task, on every worker)."""
 
     def __init__(self, settings: dict[str, Any], fetch: dict[str, Any]):
-        self.settings, self.fetch, self.last = settings, fetch, 0.0
+        self.settings, self.fetch = settings, fetch
         self.client = httpx.Client(
             transport=RetryTransport(transport=httpx.HTTPTransport(), retry=retry_policy(fetch)),
             timeout=httpx.Timeout(fetch["read_timeout_s"], connect=fetch["connect_timeout_s"]),
             headers={"User-Agent": fetch["user_agent"]}, follow_redirects=True)
 
     def get(self, address: str, **params: Any) -> httpx.Response:
-        wait = self.last + 1 / self.settings["requests_per_s"] - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self.last = time.monotonic()
+        pace(f"wayback-{urlsplit(address).netloc}", self.settings["requests_per_s"])  # the run's pace, not a task's
         return self.client.get(address, params=params or None)
 
     def nearest(self, url: str, when: int, max_days: int) -> str | None:
