@@ -169,6 +169,7 @@ class Fetch(Strict):
     slow_after_s: Annotated[float, Field(ge=0)]
     min_bytes_per_s: Annotated[float, Field(ge=0)]
     max_network_failure_share: Fraction
+    connectivity_url: str | None
     task_retries: NonNegative
     task_retry_delay_s: Annotated[float, Field(ge=0)]
     allow_addresses: list[str]

@@ -155,6 +155,17 @@ def test_a_shard_whose_pages_fail_on_the_network_fails_and_retries_them_next_tim
     assert web.hits["/ok?net"] == 1  # ...and the one already fetched was not
 
 
+def test_pages_failing_on_the_network_while_the_network_answers_are_dead_links_not_an_outage(web, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    urls = [f"http://127.0.0.1:{dead}/gone/{i}" for i in range(4)] + ["http://site-long-gone.invalid/story"]
+    write_documents(tmp_path / "urls.jsonl.zst", [Document(id=str(i), url=u) for i, u in enumerate(urls)])
+    online = {**FETCH, "connectivity_url": web.url("/ok?probe")}  # it answers: the network is up
+    result = fetch_task.fn(str(tmp_path / "urls.jsonl.zst"), str(tmp_path / "fetch"), online)
+    assert result["stats"] == {"fetch/error_ConnectError": 4, "fetch/error_gaierror": 1} and web.hits["/ok?probe"] == 1
+
+
 def test_a_damaged_journal_line_is_counted_and_refetched_and_a_torn_last_line_is_cut(tmp_path):
     lines = [json.dumps({"url": f"https://a.example/{i}", "outcome": "not_html", "status": 200, "warc_end": 0})
              for i in range(3)]

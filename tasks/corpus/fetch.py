@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,18 +259,39 @@ def fetch_to_warc(urls_path: str, out: str, cfg: dict[str, Any]) -> dict[str, An
     finally:
         store.close()
     stats = store.outcome_counts()
-    check_failures(stats, cfg["max_network_failure_share"], urls_path)
+    check_failures(stats, cfg["max_network_failure_share"], urls_path, lambda: network_answers(cfg))
     return {"path": str(store.warc_path), "stats": dict(stats)}
 
 
-def check_failures(stats: Counter, max_share: float, where: str) -> None:
-    """FetchFailed when more than `max_share` of the pages failed on the network, or none came back."""
+def network_answers(cfg: dict[str, Any]) -> bool:
+    """Whether `cfg.connectivity_url` answers at all (any HTTP status), through the fetch's proxy:
+    then the network is up, and pages that failed on it failed on their own sites (a dead domain, a
+    refused connection), as most links of old months do."""
+    if not cfg.get("connectivity_url"):
+        return False
+    try:
+        with httpx.Client(proxy=cfg.get("proxy"), timeout=cfg["connect_timeout_s"] + cfg["read_timeout_s"]) as client:
+            client.get(cfg["connectivity_url"])
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def check_failures(stats: Counter, max_share: float, where: str,
+                   network_answers: Callable[[], bool] = lambda: False) -> None:
+    """FetchFailed when more than `max_share` of the pages failed on the network, or none came back,
+    unless `network_answers()` says the network is up: then those are dead links, logged and kept
+    counted as they are."""
     total = sum(stats.values())
     failed = Counter({k.removeprefix("fetch/"): v for k, v in stats.items()
                       if k.removeprefix("fetch/").startswith(NETWORK_FAILURES)})
     kept = sum(stats[f"fetch/{outcome}"] for outcome in KEPT)
     if total and (sum(failed.values()) > max_share * total or not kept and failed):
         top = ", ".join(f"{reason} {n}" for reason, n in failed.most_common(3))
+        if network_answers():
+            log.warning("fetch of %s: %d of %d pages failed on the network (%s), but the network answers: their "
+                        "sites are gone or refuse, counted as such", where, sum(failed.values()), total, top)
+            return
         raise FetchFailed(f"fetch of {where}: {sum(failed.values())} of {total} pages failed on the network ({top}), "
                           f"over corpus.fetch.max_network_failure_share={max_share}: is the network up? Nothing is "
                           "cached; a rerun retries those pages")
