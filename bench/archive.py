@@ -5,10 +5,11 @@ shards of SHARD_URLS, as the corpus cuts its URLs, looked up by `tasks.corpus.ar
 Dask cluster of WORKERS processes; then the records of the first shard's captures read by byte range
 from RECORDS real WARC records.
 
-    python -m bench.archive ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2
+    python -m bench.archive ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2 SMALL=100000
 
-Prints the wall time of each stage, index rows scanned per second, the bytes read against the index
-size, the peak memory of the whole process tree (Dask workers included), checks every nearest
+Prints the wall time, index rows scanned per second, the bytes read against the index size, the peak
+memory of the whole process tree (Dask workers included) beside that of the same lookup for the
+first SMALL URLs (the same shards, on a cluster of its own), checks every nearest
 capture of a 10,000-URL sample against a brute-force answer, and prints beside it the per-URL CDX
 API's rate, measured on 1,000 lookups against a CDX endpoint on loopback, projected to 1M URLs.
 """
@@ -169,7 +170,6 @@ def main(args: list[str]) -> None:
     rows, files, urls = opts.get("ROWS", 10_000_000), opts.get("FILES", 20), opts.get("URLS", 1_000_000)
     shards, workers = -(-urls // opts.get("SHARD_URLS", 50_000)), opts.get("WORKERS", 2)
     records = opts.get("RECORDS", 20_000)
-    from distributed import Client, LocalCluster
 
     work = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     try:
@@ -183,24 +183,38 @@ def main(args: list[str]) -> None:
         print(f"index: {rows:,} rows in {files} files ({index_bytes / 2**20:,.0f} MiB), {urls:,} wanted URLs in "
               f"{shards} shards; built in {time.perf_counter() - started:.1f} s", flush=True)
         settings = archive_settings(str(work / "cc"))
-        memory = TreeMemory(psutil.Process(os.getpid()))
-        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
-                Client(cluster) as client, attached(client, yaml.safe_load(DEFAULTS.read_text())):
-            before, t = bytes_read(), time.perf_counter()
-            captures = archive.lookup(wanted, str(work / "out"), settings)
-            took, read = time.perf_counter() - t, bytes_read() - before
-        memory.close()
+        shard_urls = -(-urls // shards)
+        small = dict(list(wanted.items())[:-(-opts.get("SMALL", 100_000) // shard_urls)])
+        if len(small) < len(wanted):  # the first shards alone, the same size each: does memory grow with URLs?
+            _, small_took, _, small_peak = measured_lookup(small, str(work / "out-small"), settings, workers)
+        captures, took, read, peak = measured_lookup(wanted, str(work / "out"), settings, workers)
         found = [pq.read_metadata(path).num_rows for path in captures.values()]
         print(f"\n{urls:,} URLs against {rows:,} index rows in **{took:.1f} s** on {workers} workers: "
               f"{rows / took:,.0f} index rows/s; found {sum(found):,} nearest captures")
-        print(f"peak memory of the process tree (PSS): {memory.peak_tree / 2**20:,.0f} MiB; "
-              f"bytes read {read / 2**20:,.0f} MiB (index, wanted and pass files) against an index of "
-              f"{index_bytes / 2**20:,.0f} MiB")
+        print(f"peak memory of the process tree (PSS): {peak / 2**20:,.0f} MiB; bytes read {read / 2**20:,.0f} MiB "
+              f"(index, wanted and pass files) against an index of {index_bytes / 2**20:,.0f} MiB")
+        if len(small) < len(wanted):
+            print(f"the same lookup for the first {len(small) * shard_urls:,} URLs: {small_took:.1f} s, peak "
+                  f"{small_peak / 2**20:,.0f} MiB (x{peak / small_peak:.2f} for {len(wanted) / len(small):.0f}x the URLs)")
         check(work, wanted["00000"], captures)
         cdx_rate(work / "cc", settings)
         fetch_rate(work, wanted["00000"], captures["00000"], settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def measured_lookup(wanted: dict[str, str], out: str, settings: dict, workers: int) -> tuple[dict, float, int, int]:
+    """`archive.lookup` on a fresh Dask cluster: (captures, seconds, bytes read, peak PSS of the process tree)."""
+    from distributed import Client, LocalCluster
+
+    memory = TreeMemory(psutil.Process(os.getpid()))
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client, attached(client, yaml.safe_load(DEFAULTS.read_text())):
+        before, t = bytes_read(), time.perf_counter()
+        captures = archive.lookup(wanted, out, settings)
+        took, read = time.perf_counter() - t, bytes_read() - before
+    memory.close()
+    return captures, took, read, memory.peak_tree
 
 
 def archive_settings(base: str) -> dict:
