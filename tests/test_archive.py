@@ -122,13 +122,13 @@ def test_submissions_before_common_crawls_index_and_urls_it_lacks_come_from_the_
 
 def test_each_page_keeps_its_origin_and_capture_time_into_the_documents(fetched):
     tmp, _, pages = fetched
-    assert pages["http://a.example/story"][1:] == ("CC-MAIN-2019-23", "2019-06-03T00:00:00+00:00")
+    assert pages["http://a.example/story"][1:] == ("CC-MAIN-2019-23", "2019-06-03T00:00:00Z")
     urls = tmp / "urls.jsonl.zst"
     write_documents(urls, [Document(id=str(i), url=u) for i, u in enumerate(WANTED)])
     docs = {d.url: d for d in shard_pages(ShardPlan("00000", str(tmp / "pages" / "pages.warc.gz"), urls=str(urls)),
                                           stats={})}
     assert (docs["http://a.example/story"].origin, docs["http://a.example/story"].captured) == (
-        "CC-MAIN-2019-23", "2019-06-03T00:00:00+00:00")
+        "CC-MAIN-2019-23", "2019-06-03T00:00:00Z")
     assert docs["http://g.example/wayback-only"].origin == "wayback:20190604000000"
 
 

@@ -38,6 +38,7 @@ from tasks.errors import STOPPING, Interrupted
 
 log = logging.getLogger(__name__)
 WAYBACK_TIME = "%Y%m%d%H%M%S"
+WARC_DATE = "%Y-%m-%dT%H:%M:%SZ"  # as the WARC standard writes a capture time
 MAX_BLOCK = 8 << 20  # bytes of neighbouring records read in one request at most: a task holds `concurrency` of them
 
 
@@ -191,7 +192,7 @@ def commoncrawl_pages(captures: pa.Table, urls: list[str], cc: dict[str, Any]) -
             record = data[offsets[i] - start:offsets[i] - start + lengths[i]]
             url = urls[rows[i]]
             try:
-                yield parse_record(record, url, ai.crawl_of_path(names[i]), times[i].isoformat())
+                yield parse_record(record, url, ai.crawl_of_path(names[i]), times[i].strftime(WARC_DATE))
             except Exception as err:  # a damaged record is bad input: counted, and Wayback is asked instead
                 log.warning("archive record of %s in %s: %s: %s", url, names[i], type(err).__name__, err)
                 yield Fetched(url, "archive_bad_record")
@@ -235,7 +236,7 @@ class Wayback:
             return Fetched(url, f"error_wayback_{err.response.status_code}")
         except (httpx.HTTPError, OSError, ValueError) as err:
             return Fetched(url, f"error_{type(err).__name__}")
-        captured = dt.datetime.fromtimestamp(stamp_time(stamp), dt.timezone.utc).isoformat()
+        captured = dt.datetime.fromtimestamp(stamp_time(stamp), dt.timezone.utc).strftime(WARC_DATE)
         got = Fetched(url, "archive_wayback", resp.status_code, resp.reason_phrase, list(resp.headers.items()),
                       resp.content, f"wayback:{stamp}", captured)
         if resp.status_code != 200 or len(resp.content) > self.fetch["max_bytes"] or is_binary(resp.content):
