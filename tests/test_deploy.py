@@ -124,15 +124,20 @@ def form_field(page, name: str):
     return page.locator(".schema-form-property").filter(has=label)
 
 
-def submitted_run(client, deployment_id, before: set) -> dict:
-    """The parameters of the flow run the form created (polled: the page posts it in the background)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id and r.id not in before]
-        if runs:
-            client.delete_flow_run(runs[0].id)  # no worker is to run it
-            return runs[0].parameters
-        time.sleep(0.3)
+def submitted_run(client, deployment_id, before: set, submit) -> dict:
+    """The parameters of the flow run the form created (polled: the page posts it in the background).
+    On a busy machine a click can land before the form is ready and post nothing: after 20 s with no
+    run, `submit` is called again (it clicks only while the form is still there), three times at most."""
+    for _ in range(3):
+        submit()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment_id and r.id not in before]
+            if runs:
+                assert len(runs) == 1, runs  # one submission, one run
+                client.delete_flow_run(runs[0].id)  # no worker is to run it
+                return runs[0].parameters
+            time.sleep(0.3)
     pytest.fail("submitting the form created no flow run")
 
 
@@ -158,8 +163,9 @@ def test_the_train_form_in_a_browser_presets_conf_and_submits_only_what_was_chan
                     page.keyboard.press("ArrowDown")
                     page.get_by_role("option", name="gpt2", exact=True).click()
                     form_field(page, "max_steps").locator("input").fill("5")
-                page.get_by_role("button", name="Submit").click()
-                parameters = submitted_run(client, deployment.id, before)
+                submit = page.get_by_role("button", name="Submit")  # gone once the page moved to the new run
+                parameters = submitted_run(client, deployment.id, before,
+                                           lambda: submit.click() if submit.is_visible() else None)
                 overrides = form_overrides(flow_function(name), parameters) + parameters["overrides"]
                 if name == "train":
                     assert (parameters["model"], parameters["max_steps"]) == ("gpt2", 5)
