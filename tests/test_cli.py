@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 
-@pytest.mark.parametrize("module, args, says", [
+MISTAKES = [
     ("flows.train", ["trainer.max_steps=abc"], "trainer.max_steps=abc: Input should be a valid integer"),
     ("flows.generate", ["top_p=1.5", "temperature=-1", "top_k=-5"], "temperature=-1"),
     ("flows.train", ["trainer.max_stepz=3"], "Could not override 'trainer.max_stepz'"),
@@ -28,16 +28,35 @@ CONF = REPO / "conf"
     ("flows.evaluate", [], "no checkpoint at"),
     ("flows.train", ["trainer=gpu"], "needs a CUDA GPU and this machine has none"),
     ("flows.dashboard", [], "make dashboard saves a view to your W&B project"),
-])
-def test_a_mistake_is_one_line_and_exit_code_2(module, args, says, tmp_path):
+]
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory) -> dict:
+    """Every mistake's command, started at once (each is mostly Python importing the stack), with the
+    folder it must leave empty."""
+    started = {}
+    for n, (module, args, _) in enumerate(MISTAKES):
+        data = tmp_path_factory.mktemp(f"mistake{n}")
+        started[n] = (subprocess.Popen([sys.executable, "-m", module, f"paths.data={data}", "logger=none", *args],
+                                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), data)
+    yield started
+    for proc, _ in started.values():
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.parametrize("case", range(len(MISTAKES)), ids=[f"{m}-{' '.join(a)[:40]}" for m, a, _ in MISTAKES])
+def test_a_mistake_is_one_line_and_exit_code_2(case, mistakes):
+    module, args, says = MISTAKES[case]
     if "trainer=gpu" in args and __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU: trainer=gpu is no mistake here")
-    result = subprocess.run([sys.executable, "-m", module, f"paths.data={tmp_path}", "logger=none", *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr[-2000:]
-    assert not (tmp_path / "corpus").exists()  # nothing ran
+    proc, data = mistakes[case]
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], stderr[-2000:]
+    assert not (data / "corpus").exists()  # nothing ran
 
 
 def test_every_shipped_config_group_passes_the_schema():
