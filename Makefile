@@ -82,7 +82,7 @@ bench-corpus: $(STAMP)  ## each corpus stage's throughput beside its anchor (new
 bench-scale: $(STAMP)  ## the corpus flow on N generated WARC pages: local vs Dask 1 and 2 workers, memory, dedup bytes/doc, datatrove beside it (ARGS="N=6000 FILES=8 CHUNK_DOCS=65536 REPEATS=1")
 	$(PY) -m bench.scale $(ARGS)
 
-bench-archive: $(STAMP)  ## the archive lookup of corpus.fetch.mode=archive on a Common Crawl-shaped index: wall time, rows/s, bytes read, peak memory, checked against brute force; per-URL CDX rate projected to 1M; records/s (ARGS="ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2 RECORDS=20000")
+bench-archive: $(STAMP)  ## the archive lookup of corpus.fetch.mode=archive on a Common Crawl-shaped index: wall time, rows/s, bytes read, peak memory (and at 100k URLs), checked against brute force; per-URL CDX rate projected to 1M; records/s (ARGS="ROWS=10000000 FILES=20 URLS=1000000 SHARD_URLS=50000 WORKERS=2 RECORDS=20000 SMALL=100000")
 	$(PY) -m bench.archive $(ARGS)
 
 chaos: $(DEV_STAMP)  ## the corpus on S3 (moto) behind a fault proxy, a worker and the flow killed: nothing lost? (ARGS="seed=1 rate=0.2 pages=1200 files=6")
