@@ -33,17 +33,17 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from bench.scale import TreeMemory
+from flows.common import load_config
 from sample.archive import CDX_FIELDS
 from sample.web import archive_endpoints, make_archive_handler, serving
 from tasks.cluster import attached
+from tasks import storage
 from tasks.corpus import archive
 from tasks.corpus import archive_index as ai
-from tasks.storage import DEFAULTS
 
 CRAWL = "CC-MAIN-2019-35"
 SITES = 50_000
@@ -182,7 +182,7 @@ def main(args: list[str]) -> None:
         index_bytes = sum(p.stat().st_size for p in (work / "cc").rglob("*.parquet"))
         print(f"index: {rows:,} rows in {files} files ({index_bytes / 2**20:,.0f} MiB), {urls:,} wanted URLs in "
               f"{shards} shards; built in {time.perf_counter() - started:.1f} s", flush=True)
-        settings = archive_settings(str(work / "cc"))
+        settings = fetch_settings(str(work / "cc"))
         shard_urls = -(-urls // shards)
         small = dict(list(wanted.items())[:-(-opts.get("SMALL", 100_000) // shard_urls)])
         if len(small) < len(wanted):  # the first shards alone, the same size each: does memory grow with URLs?
@@ -209,22 +209,21 @@ def measured_lookup(wanted: dict[str, str], out: str, settings: dict, workers: i
 
     memory = TreeMemory(psutil.Process(os.getpid()))
     with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client, attached(client, yaml.safe_load(DEFAULTS.read_text())):
+            Client(cluster) as client, attached(client, storage.settings()):
         before, t = bytes_read(), time.perf_counter()
-        captures = archive.lookup(wanted, out, settings)
+        captures = archive.lookup(wanted, out, settings["archive"])
         took, read = time.perf_counter() - t, bytes_read() - before
     memory.close()
     return captures, took, read, memory.peak_tree
 
 
-def archive_settings(base: str) -> dict:
-    """`corpus.fetch.archive` for the synthetic archive (no Wayback fallback: every URL is looked up once)."""
-    settings = yaml.safe_load((Path(__file__).parent.parent / "conf" / "corpus" / "base.yaml").read_text())
-    archive_cfg = settings["fetch"]["archive"]
-    archive_cfg["max_days"] = MAX_DAYS
-    archive_cfg["commoncrawl"].update(base=base, collinfo=f"{base}/collinfo.json", batch_keys=BATCH_KEYS)
-    archive_cfg["wayback"]["enabled"] = False
-    return archive_cfg
+def fetch_settings(base: str) -> dict:
+    """`corpus.fetch` for the synthetic archive at `base` (no Wayback fallback: every URL is looked up once)."""
+    fetch = load_config(["corpus=pushshift"])["corpus"]["fetch"]  # the public archives' pace, not the demo's loopback one
+    fetch["archive"]["max_days"] = MAX_DAYS
+    fetch["archive"]["commoncrawl"].update(base=base, collinfo=f"{base}/collinfo.json", batch_keys=BATCH_KEYS)
+    fetch["archive"]["wayback"]["enabled"] = False
+    return fetch
 
 
 def check(work: Path, wanted: str, captures: dict[str, str], sample: int = 10_000) -> None:
@@ -253,26 +252,22 @@ def cdx_rate(root: Path, settings: dict) -> None:
     """1,000 lookups through the per-URL CDX API (served on loopback, unthrottled), projected to 1M URLs."""
     table = json.loads((root / "wayback" / "cdx.json").read_text())[1:]
     with serving(make_archive_handler(root)) as base:
-        wayback = archive.Wayback({**settings["wayback"], **archive_endpoints(base)["wayback"], "requests_per_s": 1e9},
-                                  fetch_settings())
+        wayback = archive.Wayback({**settings["archive"]["wayback"], **archive_endpoints(base)["wayback"],
+                                   "requests_per_s": 1e9}, settings)
         t = time.perf_counter()
         found = sum(wayback.nearest(row[2], START, MAX_DAYS) is not None for row in table)
         took = time.perf_counter() - t
         wayback.close()
-    per_s, limit = len(table) / took, settings["wayback"]["requests_per_s"]
+    per_s, limit = len(table) / took, settings["archive"]["wayback"]["requests_per_s"]
     print(f"per-URL CDX lookups on loopback: {len(table):,} in {took:.1f} s ({per_s:,.0f}/s, {found:,} found): "
           f"projected for 1M URLs {1e6 / per_s / 3600:,.1f} h at that rate, {1e6 / limit / 86400:,.1f} days at the "
           f"Wayback Machine's rate limit ({limit}/s), against the bulk lookup above")
 
 
-def fetch_settings() -> dict:
-    return yaml.safe_load((Path(__file__).parent.parent / "conf" / "corpus" / "base.yaml").read_text())["fetch"]
-
-
 def fetch_rate(work: Path, wanted: str, captures: str, settings: dict) -> None:
     """The first shard's captures read by byte range from the local store, as the corpus reads them."""
     t = time.perf_counter()
-    result = archive.fetch_archived(wanted, captures, str(work / "fetched"), {**fetch_settings(), "archive": settings})
+    result = archive.fetch_archived(wanted, captures, str(work / "fetched"), settings)
     took = time.perf_counter() - t
     got = result["stats"].get("fetch/archive_commoncrawl", 0)
     print(f"records fetched by byte range from the local store: {got:,} in {took:.1f} s "

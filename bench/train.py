@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from tempfile import mkdtemp
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from bench.data import write_corpus
 from flows.common import load_config
 from model.data import Epochs, TokenDataModule, TokenShards, WindowBatches
 from model.gpt import lm_loss
@@ -78,15 +78,6 @@ def plain_run(cfg: dict, data_dir: str) -> float:
     return (cfg["trainer"]["max_steps"] - WARMUP_STEPS) * batch * block / (time.perf_counter() - start)
 
 
-def token_folder(tokens: int) -> str:
-    """A token folder of `tokens` random GPT-2 ids, in the corpus flow's format."""
-    folder = Path(mkdtemp(prefix="bench-train-"))
-    np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(folder / "train-0.bin")
-    (folder / "manifest.json").write_text(json.dumps({"splits": {"train": [{"bin": "train-0.bin", "tokens": tokens}],
-                                                                 "val": []}}))
-    return str(folder)
-
-
 def main(args: list[str]) -> None:
     caps = [float(a.split("=", 1)[1]) for a in args if a.startswith("memory_cap_gib=")]
     overrides = [a for a in args if not a.startswith("memory_cap_gib=")]
@@ -98,7 +89,8 @@ def main(args: list[str]) -> None:
                        "callbacks.checkpoint_every_n_steps=100000", "fit.resume=false", "trainer.max_steps=30",
                        *overrides])
     tr, batch, block = cfg["trainer"], cfg["data"]["batch_size"], cfg["model"]["block_size"]
-    data_dir = token_folder(10_000_000)
+    data_dir = str(Path(mkdtemp(prefix="bench-train-")) / "tokens")
+    write_corpus(Path(data_dir), 10_000_000, files=1)
     plain = []
     if torch.cuda.is_available():
         tokens_per_s, module = lightning_run(cfg, data_dir)

@@ -140,14 +140,7 @@ def archive_endpoints(base: str) -> dict[str, dict[str, str]]:
 
 
 @contextmanager
-def serve_sample_web(root: Path = WEB_ROOT) -> Iterator[str]:
-    """Run the sample web server for the duration of the block; yields its proxy URL."""
-    with serving(make_handler(root)) as url:
-        yield url
-
-
-@contextmanager
 def serve_sample(web: Path = WEB_ROOT, archive: Path = ARCHIVE_ROOT) -> Iterator[Sample]:
     """The sample web and its archive, served for the duration of the block."""
-    with serve_sample_web(web) as proxy, serving(make_archive_handler(archive)) as base:
+    with serving(make_handler(web)) as proxy, serving(make_archive_handler(archive)) as base:
         yield Sample(proxy, archive_endpoints(base))

@@ -10,11 +10,11 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pytest
-import yaml
 from distributed import Client, LocalCluster
 from moto import server as moto_server
 from warcio.archiveiterator import ArchiveIterator
 
+from flows.common import load_config
 from sample.archive import Capture, write_archive
 from sample.web import archive_endpoints, make_archive_handler, serving
 from tasks.cluster import pace
@@ -24,7 +24,6 @@ from tasks.corpus.document import Document, write_documents
 from tasks.corpus.shards import ShardPlan, shard_pages
 from tests.faultproxy import FaultProxy
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "corpus" / "base.yaml"
 MAX_DAYS = 60
 
 
@@ -57,7 +56,7 @@ CAPTURES = [
 
 
 def settings(endpoints: dict) -> dict:
-    fetch = yaml.safe_load(CONF.read_text())["fetch"]
+    fetch = load_config()["corpus"]["fetch"]
     fetch["archive"]["max_days"] = MAX_DAYS
     fetch["archive"]["wayback"]["requests_per_s"] = 100  # loopback: the public API's limit is not ours to keep
     fetch["archive"] = archive.with_endpoints(fetch["archive"], endpoints)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import fsspec.utils
 import httpx
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from httpx_retries import RetryTransport
@@ -82,8 +83,7 @@ def lookup_round(wanted: dict[str, str], near: dict[str, list[str]], files: list
     groups = [g for found in cluster_map(ai.file_row_groups, files) for g in found]
     counts = dict(zip(shards, cluster_map(ai.route_shard, list(wanted.values()), [groups] * len(shards),
                                           [out_dir] * len(shards), shards, [near[s] for s in shards])))
-    total = sum(counts.values()) if groups else []
-    runs = ai.batches(groups, total, batch_keys) if groups else []
+    runs = ai.batches(groups, sum(counts.values(), np.zeros(len(groups), np.int64)), batch_keys)
     readers = [[s for s in shards if counts[s][run.start:run.stop].any()] for run in runs]
     scanned = cluster_map(ai.scan_batch, runs, readers, [out_dir] * len(runs), [f"{n:05d}" for n in range(len(runs))])
     captures = [[found[s] for found in scanned if s in found] for s in shards]

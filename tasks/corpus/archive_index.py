@@ -5,7 +5,7 @@ per capture, its files sorted by `url_surtkey` one after another. A per-URL API 
 lookup a second (11 days for 1M URLs); here every wanted URL is looked up at once, in passes that
 each hold a bounded part of the data:
 
-1. `row_groups`: the key range of every row group of the crawls near the wanted dates, from the
+1. `file_row_groups`: the key range of every row group of the crawls near the wanted dates, from the
    Parquet footers alone;
 2. `route_shard`, per shard of wanted URLs: their SURT keys, sorted, each tagged with the row groups
    that may hold it; it returns how many keys each row group got;
@@ -34,6 +34,7 @@ import surt
 
 from tasks import storage
 from tasks.corpus.document import read_documents
+from tasks.corpus.fetch import HTML_TYPES
 
 CAPTURE_SCHEMA = pa.schema([  # a capture's columns of the index, as Common Crawl types them
     ("url_surtkey", pa.string()), ("url", pa.string()), ("fetch_time", pa.timestamp("ms", tz="UTC")),
@@ -271,7 +272,7 @@ def write_parquet(table: pa.Table, path: str, row_group_size: int | None = None)
 
 
 def nearest_captures(wanted: pa.Table, captures: pa.Table, max_days: int,
-                     mimes: Sequence[str] = ("text/html", "application/xhtml+xml")) -> pa.Table:
+                     mimes: Sequence[str] = HTML_TYPES) -> pa.Table:
     """For each wanted row, the capture of its key nearest its time within `max_days`: a page (status
     200, a page's MIME type) if there is one, else a redirect (3xx with a target, from the
     `crawldiagnostics` subset), which `redirect` marks; rows with neither are left out."""
